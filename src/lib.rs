@@ -1,0 +1,9 @@
+//! sluice: Kubernetes NetworkPolicy enforcement with nftables.
+//!
+//! Data flows one way: sources -> [`policy::Cluster`] snapshot -> `compile::NodeRuleset` -> kernel.
+//! `policy` and `compile` are pure (no I/O); kernel and API access live at the edges.
+
+pub mod cli;
+pub mod lab;
+pub mod manifests;
+pub mod policy;

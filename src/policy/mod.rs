@@ -1,0 +1,21 @@
+//! The policy model and the oracle. Pure: no I/O, no kernel.
+//!
+//! Kubernetes objects go in through [`objects::ClusterBuilder`] (manifests) or the `upsert_*`
+//! methods of [`Cluster`] (watchers); [`evaluate::evaluate`] answers "can A reach B, and why",
+//! and [`matrix`] answers it for every pair at once.
+
+pub mod evaluate;
+pub mod ipblock;
+pub mod labels;
+pub mod matrix;
+pub mod model;
+pub mod networkpolicy;
+pub mod objects;
+pub mod ports;
+
+#[cfg(test)]
+mod semantics_tests;
+
+pub use evaluate::{evaluate, Endpoint, Flow, Verdict};
+pub use model::{Cluster, Direction, ObjectName, Pod, Policy};
+pub use ports::{PortRef, Protocol};

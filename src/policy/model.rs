@@ -1,0 +1,314 @@
+//! The validated, defaulted model sluice reasons about: namespaces, pods and policies.
+//!
+//! These types carry only what NetworkPolicy semantics need. They are built from Kubernetes
+//! objects by [`super::networkpolicy`] and [`super::objects`], which do the validation.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use super::ipblock::IpBlock;
+use super::labels::{Labels, Selector};
+use super::ports::{ContainerPort, PortRule, Protocol};
+
+/// The label every namespace carries with its own name (set by the API server).
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// `namespace/name`, how pods and policies are named everywhere in sluice's output.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ObjectName {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectName {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjectName {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// Parses `namespace/name`; a bare `name` is in `default`.
+    pub fn parse(s: &str) -> ObjectName {
+        match s.split_once('/') {
+            Some((ns, n)) => ObjectName::new(ns, n),
+            None => ObjectName::new("default", s),
+        }
+    }
+}
+
+impl fmt::Display for ObjectName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Namespace {
+    pub name: String,
+    /// Always includes `kubernetes.io/metadata.name`.
+    pub labels: Labels,
+}
+
+impl Namespace {
+    pub fn new(name: &str, mut labels: Labels) -> Namespace {
+        labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.to_string());
+        Namespace {
+            name: name.to_string(),
+            labels,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+    pub ports: Vec<ContainerPort>,
+    pub node: Option<String>,
+    /// Host-network pods use their node's addresses; no NetworkPolicy selects them.
+    pub host_network: bool,
+    pub ips: Vec<IpAddr>,
+}
+
+impl Pod {
+    pub fn object_name(&self) -> ObjectName {
+        ObjectName::new(&self.namespace, &self.name)
+    }
+
+    /// Resolves a named port on this pod: the containerPort with that name and protocol.
+    pub fn resolve_named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|p| p.name.as_deref() == Some(name) && p.protocol == protocol)
+            .map(|p| p.port)
+    }
+
+    /// Describes how `name` resolves on this pod, for explanations.
+    pub fn describe_named_port(&self, name: &str) -> String {
+        let found: Vec<String> = self
+            .ports
+            .iter()
+            .filter(|p| p.name.as_deref() == Some(name))
+            .map(|p| format!("{}/{}", p.port, p.protocol))
+            .collect();
+        if found.is_empty() {
+            format!("{} has no port named {name}", self.object_name())
+        } else {
+            format!(
+                "named port {name} resolves to {} on {}",
+                found.join(", "),
+                self.object_name()
+            )
+        }
+    }
+}
+
+/// Where the pods of a pod peer may live.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum NamespaceScope {
+    /// No namespaceSelector: the policy's own namespace.
+    PolicyNamespace,
+    /// A namespaceSelector (`{}` selects every namespace).
+    Selected(Selector),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Peer {
+    /// podSelector and/or namespaceSelector; both given means both must match (AND).
+    Pods {
+        namespaces: NamespaceScope,
+        /// No podSelector: every pod in the selected namespaces.
+        pods: Selector,
+    },
+    IpBlock(IpBlock),
+}
+
+/// One ingress or egress rule. Empty `peers` means every peer; empty `ports` every port
+/// (that is how the API defines an absent or empty list).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Rule {
+    pub peers: Vec<Peer>,
+    pub ports: Vec<PortRule>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Policy {
+    pub namespace: String,
+    pub name: String,
+    pub pod_selector: Selector,
+    /// `Some` when policyTypes (after defaulting) includes Ingress: the pods it selects are
+    /// isolated for ingress, and these rules allow. `Some(vec![])` denies all ingress.
+    pub ingress: Option<Vec<Rule>>,
+    pub egress: Option<Vec<Rule>>,
+}
+
+impl Policy {
+    pub fn object_name(&self) -> ObjectName {
+        ObjectName::new(&self.namespace, &self.name)
+    }
+
+    pub fn rules(&self, dir: Direction) -> Option<&[Rule]> {
+        match dir {
+            Direction::Ingress => self.ingress.as_deref(),
+            Direction::Egress => self.egress.as_deref(),
+        }
+    }
+
+    /// Whether this policy isolates `pod` in `dir` (selects it and has that policy type).
+    pub fn isolates(&self, pod: &Pod, dir: Direction) -> bool {
+        self.rules(dir).is_some() && self.selects(pod)
+    }
+
+    /// Whether this policy's podSelector selects `pod`. Host-network pods are never selected.
+    pub fn selects(&self, pod: &Pod) -> bool {
+        !pod.host_network && pod.namespace == self.namespace && self.pod_selector.matches(&pod.labels)
+    }
+}
+
+/// A problem found in an input object; the object is left out and everything else goes on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// `Kind namespace/name` or `Kind name`.
+    pub object: String,
+    /// Field path, e.g. `spec.ingress[0].from[1].ipBlock.cidr`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}: {}", self.object, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.object, self.field, self.message)
+        }
+    }
+}
+
+/// A snapshot of everything policy decisions depend on, indexed for lookups.
+#[derive(Debug, Clone, Default)]
+pub struct Cluster {
+    pub namespaces: BTreeMap<String, Namespace>,
+    pub pods: BTreeMap<ObjectName, Pod>,
+    /// Keyed by namespace, then name, so iteration is sorted.
+    pub policies: BTreeMap<ObjectName, Policy>,
+    /// Invalid objects that were left out.
+    pub errors: Vec<Problem>,
+    /// Things that work but deserve a look (undeclared namespaces, normalised CIDRs, ...).
+    pub warnings: Vec<String>,
+}
+
+impl Cluster {
+    pub fn namespace_labels(&self, ns: &str) -> Option<&Labels> {
+        self.namespaces.get(ns).map(|n| &n.labels)
+    }
+
+    pub fn pod(&self, name: &ObjectName) -> Option<&Pod> {
+        self.pods.get(name)
+    }
+
+    /// The pod (not host-network) with this IP, if any.
+    pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&Pod> {
+        self.pods
+            .values()
+            .find(|p| !p.host_network && p.ips.contains(&ip))
+    }
+
+    pub fn policies_in<'a>(&'a self, ns: &'a str) -> impl Iterator<Item = &'a Policy> + 'a {
+        let start = ObjectName::new(ns, "");
+        self.policies
+            .range(start..)
+            .take_while(move |(k, _)| k.namespace == ns)
+            .map(|(_, p)| p)
+    }
+
+    /// Policies that isolate `pod` in `dir`, in name order.
+    pub fn isolating<'a>(&'a self, pod: &'a Pod, dir: Direction) -> Vec<&'a Policy> {
+        self.policies_in(&pod.namespace)
+            .filter(|p| p.isolates(pod, dir))
+            .collect()
+    }
+
+    /// Whether a pod peer of a policy in `policy_ns` matches `pod`.
+    pub fn pod_peer_matches(
+        &self,
+        policy_ns: &str,
+        namespaces: &NamespaceScope,
+        pods: &Selector,
+        pod: &Pod,
+    ) -> bool {
+        if pod.host_network {
+            return false;
+        }
+        let ns_ok = match namespaces {
+            NamespaceScope::PolicyNamespace => pod.namespace == policy_ns,
+            NamespaceScope::Selected(sel) => self
+                .namespace_labels(&pod.namespace)
+                .is_some_and(|l| sel.matches(l)),
+        };
+        ns_ok && pods.matches(&pod.labels)
+    }
+
+    /// Adds or replaces a namespace, making sure it carries its name label.
+    pub fn upsert_namespace(&mut self, ns: Namespace) {
+        self.namespaces.insert(ns.name.clone(), ns);
+    }
+
+    /// Adds or replaces a pod; a namespace it names that is not declared is created with only
+    /// its name label, and a warning says so.
+    pub fn upsert_pod(&mut self, pod: Pod) {
+        self.ensure_namespace(&pod.namespace, "pod", &pod.object_name().to_string());
+        self.pods.insert(pod.object_name(), pod);
+    }
+
+    pub fn remove_pod(&mut self, name: &ObjectName) -> Option<Pod> {
+        self.pods.remove(name)
+    }
+
+    pub fn upsert_policy(&mut self, policy: Policy) {
+        self.ensure_namespace(
+            &policy.namespace,
+            "NetworkPolicy",
+            &policy.object_name().to_string(),
+        );
+        self.policies.insert(policy.object_name(), policy);
+    }
+
+    pub fn remove_policy(&mut self, name: &ObjectName) -> Option<Policy> {
+        self.policies.remove(name)
+    }
+
+    fn ensure_namespace(&mut self, ns: &str, kind: &str, user: &str) {
+        if !self.namespaces.contains_key(ns) {
+            self.warnings.push(format!(
+                "namespace {ns} is used by {kind} {user} but not declared: assuming it has only the label {NAMESPACE_NAME_LABEL}={ns}"
+            ));
+            self.namespaces
+                .insert(ns.to_string(), Namespace::new(ns, Labels::new()));
+        }
+    }
+}
