@@ -3,7 +3,9 @@
 //! Data flows one way: sources -> [`policy::Cluster`] snapshot -> `compile::NodeRuleset` -> kernel.
 //! `policy` and `compile` are pure (no I/O); kernel and API access live at the edges.
 
+pub mod bench;
 pub mod cli;
 pub mod lab;
 pub mod manifests;
 pub mod policy;
+pub mod synth;

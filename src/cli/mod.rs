@@ -1,1 +1,136 @@
-//! Command-line front end.
+//! Command-line front end: argument parsing and output formatting only.
+
+mod explain;
+mod matrix;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::policy::objects::LoadSummary;
+use crate::policy::Cluster;
+
+/// sluice: Kubernetes NetworkPolicy enforcement with nftables, and an explainer for it.
+#[derive(Parser)]
+#[command(name = "sluice", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Explain whether one flow is allowed, and which policy clause decides it.
+    ///
+    /// Exit code 0 when allowed, 1 when denied, 2 on bad input.
+    Explain(explain::ExplainArgs),
+    /// Print the truth table between all pods, for each port and protocol.
+    Matrix(matrix::MatrixArgs),
+    /// Run benchmarks and print their results (text, or JSON for machines).
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Smaller scales and fewer repetitions (under a minute).
+    #[arg(long)]
+    quick: bool,
+    /// Sections to run (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<crate::bench::Section>,
+    #[arg(long, value_enum, default_value = "text")]
+    output: TextOrJson,
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<i32> {
+    use clap::ValueEnum;
+    let sections = if args.only.is_empty() {
+        crate::bench::Section::value_variants().to_vec()
+    } else {
+        args.only
+    };
+    let results = crate::bench::run(&sections, args.quick);
+    match args.output {
+        TextOrJson::Json => println!("{}", serde_json::to_string_pretty(&results)?),
+        TextOrJson::Text => {
+            for m in &results {
+                println!("{:<70} {:>10.4} {}  {}", m.name, m.value, m.unit, m.notes);
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// Where the cluster snapshot comes from.
+#[derive(Args, Clone)]
+pub struct ManifestArgs {
+    /// A manifest file or directory (searched recursively for .yaml, .yml and .json);
+    /// repeatable. YAML with several documents, JSON and `kind: List` are read.
+    #[arg(long = "manifests", short = 'm', required = true, value_name = "PATH")]
+    pub manifests: Vec<PathBuf>,
+    /// Treat invalid objects as bad input (exit 2) instead of leaving them out.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TextOrJson {
+    Text,
+    Json,
+}
+
+/// Errors that mean "bad input": exit code 2.
+#[derive(Debug)]
+pub struct BadInput(pub String);
+
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadInput {}
+
+impl ManifestArgs {
+    /// Loads the snapshot, prints the summary and every problem to stderr.
+    pub fn load(&self) -> anyhow::Result<(Cluster, LoadSummary)> {
+        let (cluster, summary) =
+            crate::manifests::load(&self.manifests).map_err(|e| BadInput(format!("{e:#}")))?;
+        eprintln!("sluice: {}", summary.line());
+        for p in &cluster.errors {
+            eprintln!("sluice: error: {p}");
+        }
+        for w in &cluster.warnings {
+            eprintln!("sluice: warning: {w}");
+        }
+        if self.strict && !cluster.errors.is_empty() {
+            return Err(BadInput(format!(
+                "{} invalid objects (--strict)",
+                cluster.errors.len()
+            ))
+            .into());
+        }
+        Ok((cluster, summary))
+    }
+}
+
+/// Parses the command line, runs the command and returns the process exit code.
+pub fn run() -> i32 {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Explain(a) => explain::run(a),
+        Command::Matrix(a) => matrix::run(a),
+        Command::Bench(a) => bench(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sluice: error: {e:#}");
+            if e.downcast_ref::<BadInput>().is_some() {
+                2
+            } else {
+                3
+            }
+        }
+    }
+}

@@ -101,7 +101,6 @@ struct End<'a> {
 pub fn evaluate(cluster: &Cluster, flow: &Flow) -> Result<Verdict, String> {
     let (from_pod, from_ip) = resolve(cluster, &flow.from)?;
     let (to_pod, to_ip) = resolve(cluster, &flow.to)?;
-    let mut warnings = Vec::new();
     let (port, port_name) = match &flow.port {
         PortRef::Number(n) => (*n, None),
         PortRef::Name(name) => {
@@ -119,7 +118,7 @@ pub fn evaluate(cluster: &Cluster, flow: &Flow) -> Result<Verdict, String> {
             (n, Some(name.clone()))
         }
     };
-    let (src_ip, dst_ip) = pick_addresses(from_pod, from_ip, to_pod, to_ip, &mut warnings);
+    let (src_ip, dst_ip) = pick_addresses(from_pod, from_ip, to_pod, to_ip);
     let src = End {
         pod: from_pod,
         ip: src_ip,
@@ -136,7 +135,8 @@ pub fn evaluate(cluster: &Cluster, flow: &Flow) -> Result<Verdict, String> {
         dst: to_pod,
         dst_label: &dst.label,
     };
-    let loopback = matches!((from_pod, to_pod), (Some(a), Some(b)) if a.object_name() == b.object_name());
+    let loopback =
+        matches!((from_pod, to_pod), (Some(a), Some(b)) if a.object_name() == b.object_name());
     let (egress, ingress) = if loopback {
         let v = |p: &Pod| SideVerdict {
             pod: Some(p.object_name().to_string()),
@@ -163,11 +163,14 @@ pub fn evaluate(cluster: &Cluster, flow: &Flow) -> Result<Verdict, String> {
         protocol: flow.protocol,
         egress,
         ingress,
-        warnings,
+        warnings: Vec::new(),
     })
 }
 
-fn resolve<'a>(cluster: &'a Cluster, e: &Endpoint) -> Result<(Option<&'a Pod>, Option<IpAddr>), String> {
+fn resolve<'a>(
+    cluster: &'a Cluster,
+    e: &Endpoint,
+) -> Result<(Option<&'a Pod>, Option<IpAddr>), String> {
     match e {
         Endpoint::Pod(name) => match cluster.pod(name) {
             Some(p) => Ok((Some(p), None)),
@@ -194,7 +197,6 @@ fn pick_addresses(
     from_ip: Option<IpAddr>,
     to_pod: Option<&Pod>,
     to_ip: Option<IpAddr>,
-    warnings: &mut Vec<String>,
 ) -> (Option<IpAddr>, Option<IpAddr>) {
     let family = from_ip.or(to_ip).map(|ip| ip.is_ipv4());
     let pick = |explicit: Option<IpAddr>, pod: Option<&Pod>, v4: Option<bool>| {
@@ -219,16 +221,6 @@ fn pick_addresses(
             }
         }
     }
-    for (pod, ip) in [(from_pod, src), (to_pod, dst)] {
-        if let (Some(p), None) = (pod, ip) {
-            if !p.host_network {
-                warnings.push(format!(
-                    "{} has no IP in the manifests (status.podIP): ipBlock peers cannot match it",
-                    p.object_name()
-                ));
-            }
-        }
-    }
     (src, dst)
 }
 
@@ -241,7 +233,13 @@ struct FlowPort<'a> {
 }
 
 /// Decides one side: `subject` is the pod whose policies apply, `other` the far end.
-fn side(cluster: &Cluster, dir: Direction, subject: &End, other: &End, fp: &FlowPort) -> SideVerdict {
+fn side(
+    cluster: &Cluster,
+    dir: Direction,
+    subject: &End,
+    other: &End,
+    fp: &FlowPort,
+) -> SideVerdict {
     let what = match dir {
         Direction::Egress => "source",
         Direction::Ingress => "destination",
@@ -278,7 +276,10 @@ fn side(cluster: &Cluster, dir: Direction, subject: &End, other: &End, fp: &Flow
         Some(p) => p,
     };
     let policies = cluster.isolating(pod, dir);
-    let isolated_by: Vec<String> = policies.iter().map(|p| p.object_name().to_string()).collect();
+    let isolated_by: Vec<String> = policies
+        .iter()
+        .map(|p| p.object_name().to_string())
+        .collect();
     if policies.is_empty() {
         return SideVerdict {
             pod: Some(pod.object_name().to_string()),
@@ -290,7 +291,11 @@ fn side(cluster: &Cluster, dir: Direction, subject: &End, other: &End, fp: &Flow
             reason: format!(
                 "{} is not isolated for {dir}: no policy selects it with policyType {}",
                 pod.object_name(),
-                if dir == Direction::Ingress { "Ingress" } else { "Egress" }
+                if dir == Direction::Ingress {
+                    "Ingress"
+                } else {
+                    "Egress"
+                }
             ),
         };
     }
@@ -298,13 +303,17 @@ fn side(cluster: &Cluster, dir: Direction, subject: &End, other: &End, fp: &Flow
     for policy in &policies {
         match first_allowing_rule(cluster, policy, dir, other, fp) {
             Ok(by) => {
-                let reason = format!(
-                    "allowed by {} {dir} rule {}{}{}",
-                    by.policy,
-                    by.rule,
-                    by.peer.map(|p| format!(", peer {p}")).unwrap_or_default(),
-                    by.port.map(|p| format!(", port {p}")).unwrap_or_default()
-                );
+                let clause = match (by.peer, by.port) {
+                    (Some(peer), Some(port)) => format!("peer {peer} and port {port} match"),
+                    (Some(peer), None) => {
+                        format!("peer {peer} matches, the rule allows every port")
+                    }
+                    (None, Some(port)) => {
+                        format!("port {port} matches, the rule allows every peer")
+                    }
+                    (None, None) => "the rule allows every peer and port".to_string(),
+                };
+                let reason = format!("{} {dir} rule {}: {clause}", by.policy, by.rule);
                 return SideVerdict {
                     pod: Some(pod.object_name().to_string()),
                     allowed: true,
@@ -326,7 +335,11 @@ fn side(cluster: &Cluster, dir: Direction, subject: &End, other: &End, fp: &Flow
             "{} is isolated for {dir} by {} and no rule allows {} {}",
             pod.object_name(),
             isolated_by.join(", "),
-            if dir == Direction::Ingress { "from" } else { "to" },
+            if dir == Direction::Ingress {
+                "from"
+            } else {
+                "to"
+            },
             other.label
         ),
         isolated_by,
@@ -381,7 +394,12 @@ fn first_allowing_rule(
     })
 }
 
-fn match_peers(cluster: &Cluster, policy_ns: &str, rule: &Rule, other: &End) -> Result<Option<usize>, String> {
+fn match_peers(
+    cluster: &Cluster,
+    policy_ns: &str,
+    rule: &Rule,
+    other: &End,
+) -> Result<Option<usize>, String> {
     if rule.peers.is_empty() {
         return Ok(None);
     }
@@ -402,7 +420,11 @@ fn match_peers(cluster: &Cluster, policy_ns: &str, rule: &Rule, other: &End) -> 
         .map(|(j, r)| format!("peer {j}: {r}"))
         .collect();
     let more = reasons.len().saturating_sub(3);
-    let tail = if more > 0 { format!("; and {more} more peers") } else { String::new() };
+    let tail = if more > 0 {
+        format!("; and {more} more peers")
+    } else {
+        String::new()
+    };
     Err(format!("no peer matches ({}{tail})", listed.join("; ")))
 }
 
@@ -430,7 +452,10 @@ pub(crate) fn match_peer_pod(
         }
         NamespaceScope::PolicyNamespace => {}
         NamespaceScope::Selected(sel) => {
-            let labels = cluster.namespace_labels(&pod.namespace).cloned().unwrap_or_default();
+            let labels = cluster
+                .namespace_labels(&pod.namespace)
+                .cloned()
+                .unwrap_or_default();
             if let Some(req) = sel.first_failure(&labels) {
                 return Err(format!(
                     "namespaceSelector {}",
@@ -460,7 +485,10 @@ fn match_peer(cluster: &Cluster, policy_ns: &str, peer: &Peer, other: &End) -> R
         Peer::IpBlock(block) => match other.ip {
             Some(ip) if block.contains(ip) => Ok(()),
             Some(ip) => Err(block.explain_miss(ip)),
-            None => Err(format!("{} has no IP, so ipBlock {} cannot match it", other.label, block.cidr)),
+            None => Err(format!(
+                "{} has no IP in the snapshot (status.podIP), so ipBlock {} cannot match it",
+                other.label, block.cidr
+            )),
         },
     }
 }
@@ -502,7 +530,11 @@ fn explain_ports(ports: &[PortRule], fp: &FlowPort) -> String {
     if same.is_empty() {
         let mut protos: Vec<&str> = ports.iter().map(|p| p.protocol.as_str()).collect();
         protos.dedup();
-        return format!("protocol {}, rule allows {}", fp.protocol, protos.join(", "));
+        return format!(
+            "protocol {}, rule allows {}",
+            fp.protocol,
+            protos.join(", ")
+        );
     }
     let mut parts = Vec::new();
     let numeric: Vec<String> = same
@@ -532,7 +564,12 @@ fn explain_ports(ports: &[PortRule], fp: &FlowPort) -> String {
 
 impl fmt::Display for SideVerdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{}: {}", if self.allowed { "allowed" } else { "denied" }, self.reason)?;
+        writeln!(
+            f,
+            "{}: {}",
+            if self.allowed { "allowed" } else { "denied" },
+            self.reason
+        )?;
         for d in &self.denials {
             match d.rule {
                 Some(r) => writeln!(f, "    {} rule {r}: {}", d.policy, d.reason)?,
@@ -556,9 +593,20 @@ impl fmt::Display for Verdict {
             self.from,
             self.to
         )?;
-        let who = |s: &SideVerdict, fallback: &str| s.pod.clone().unwrap_or_else(|| fallback.to_string());
-        write!(f, "  egress  ({}): {}", who(&self.egress, &self.from), self.egress)?;
-        write!(f, "  ingress ({}): {}", who(&self.ingress, &self.to), self.ingress)?;
+        let who =
+            |s: &SideVerdict, fallback: &str| s.pod.clone().unwrap_or_else(|| fallback.to_string());
+        write!(
+            f,
+            "  egress  ({}): {}",
+            who(&self.egress, &self.from),
+            self.egress
+        )?;
+        write!(
+            f,
+            "  ingress ({}): {}",
+            who(&self.ingress, &self.to),
+            self.ingress
+        )?;
         for w in &self.warnings {
             writeln!(f, "  warning: {w}")?;
         }

@@ -75,8 +75,8 @@ pub fn parse_cidr(s: &str) -> Result<(IpNet, Option<String>), String> {
         format!("{s:?} is not a CIDR: write an address and prefix length, e.g. 10.0.0.0/16")
     })?;
     let normal = net.trunc();
-    let warning = (normal != net)
-        .then(|| format!("{s:?} has host bits set; it is treated as {normal}"));
+    let warning =
+        (normal != net).then(|| format!("{s:?} has host bits set; it is treated as {normal}"));
     Ok((normal, warning))
 }
 

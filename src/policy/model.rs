@@ -185,7 +185,9 @@ impl Policy {
 
     /// Whether this policy's podSelector selects `pod`. Host-network pods are never selected.
     pub fn selects(&self, pod: &Pod) -> bool {
-        !pod.host_network && pod.namespace == self.namespace && self.pod_selector.matches(&pod.labels)
+        !pod.host_network
+            && pod.namespace == self.namespace
+            && self.pod_selector.matches(&pod.labels)
     }
 }
 

@@ -282,22 +282,20 @@ fn port(c: &mut Checker, field: &str, p: &NetworkPolicyPort) -> Option<PortRule>
             );
             return None;
         }
-        (Some(end), Some(PortRef::Number(start))) => {
-            match validate_port_number(i64::from(end)) {
-                Ok(e) if e >= *start => Some(e),
-                Ok(e) => {
-                    c.error(
-                        format!("{field}.endPort"),
-                        format!("endPort {e} is below port {start}: it must be >= port"),
-                    );
-                    return None;
-                }
-                Err(m) => {
-                    c.error(format!("{field}.endPort"), m);
-                    return None;
-                }
+        (Some(end), Some(PortRef::Number(start))) => match validate_port_number(i64::from(end)) {
+            Ok(e) if e >= *start => Some(e),
+            Ok(e) => {
+                c.error(
+                    format!("{field}.endPort"),
+                    format!("endPort {e} is below port {start}: it must be >= port"),
+                );
+                return None;
             }
-        }
+            Err(m) => {
+                c.error(format!("{field}.endPort"), m);
+                return None;
+            }
+        },
     };
     Some(PortRule {
         protocol,
@@ -312,7 +310,8 @@ mod tests {
 
     fn parse(yaml: &str) -> Converted {
         let np: NetworkPolicy =
-            serde_saphyr::from_str_with_options(yaml, crate::policy::objects::yaml_options()).unwrap();
+            serde_saphyr::from_str_with_options(yaml, crate::policy::objects::yaml_options())
+                .unwrap();
         convert(&np, "default")
     }
 

@@ -192,7 +192,11 @@ impl ClusterBuilder {
         }
         let field = path.join(".");
         if template.is_null() {
-            return self.problem(object, &field, "is missing: a workload needs a pod template");
+            return self.problem(
+                object,
+                &field,
+                "is missing: a workload needs a pod template",
+            );
         }
         let template: k8s_openapi::api::core::v1::PodTemplateSpec =
             match serde_json::from_value(template.clone()) {
@@ -201,7 +205,14 @@ impl ClusterBuilder {
             };
         let labels = template.metadata.and_then(|m| m.labels).unwrap_or_default();
         let pod_name = format!("{}/{name}", kind.to_ascii_lowercase());
-        match build_pod(&object, &ns, &pod_name, labels, template.spec.as_ref(), vec![]) {
+        match build_pod(
+            &object,
+            &ns,
+            &pod_name,
+            labels,
+            template.spec.as_ref(),
+            vec![],
+        ) {
             Ok(p) => {
                 self.summary.workloads += 1;
                 self.pods.push(p);

@@ -154,7 +154,15 @@ mod tests {
         for ok in ["http", "serve-80-tcp", "a", "dns-tcp"] {
             assert!(validate_port_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "HTTP", "80", "-http", "http-", "ht--tp", "abcdefghijklmnop"] {
+        for bad in [
+            "",
+            "HTTP",
+            "80",
+            "-http",
+            "http-",
+            "ht--tp",
+            "abcdefghijklmnop",
+        ] {
             assert!(validate_port_name(bad).is_err(), "{bad}");
         }
     }

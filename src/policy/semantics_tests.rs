@@ -91,7 +91,11 @@ fn no_policy_means_open() {
 
 #[test]
 fn default_protocol_is_tcp_and_udp_or_sctp_rules_never_open_tcp() {
-    let c = cluster(&np("x", "p", "{podSelector: {}, ingress: [{ports: [{port: 80}]}]}"));
+    let c = cluster(&np(
+        "x",
+        "p",
+        "{podSelector: {}, ingress: [{ports: [{port: 80}]}]}",
+    ));
     assert!(allowed(&c, "y/a", "x/a", 80, Tcp));
     assert!(!allowed(&c, "y/a", "x/a", 80, Udp));
     let c = cluster(&np("x", "p", "{podSelector: {}, ingress: [{ports: [{port: 80, protocol: UDP}, {port: 81, protocol: SCTP}]}]}"));
@@ -100,12 +104,19 @@ fn default_protocol_is_tcp_and_udp_or_sctp_rules_never_open_tcp() {
     assert!(allowed(&c, "y/a", "x/a", 80, Udp));
     assert!(allowed(&c, "y/a", "x/a", 81, Sctp));
     let v = flow(&c, "y/a", "x/a", 80, Tcp);
-    assert_eq!(v.ingress.denials[0].reason, "protocol TCP, rule allows UDP, SCTP");
+    assert_eq!(
+        v.ingress.denials[0].reason,
+        "protocol TCP, rule allows UDP, SCTP"
+    );
 }
 
 #[test]
 fn protocol_only_port_clause_allows_every_port_of_that_protocol() {
-    let c = cluster(&np("x", "p", "{podSelector: {matchLabels: {pod: a}}, ingress: [{ports: [{protocol: TCP}]}]}"));
+    let c = cluster(&np(
+        "x",
+        "p",
+        "{podSelector: {matchLabels: {pod: a}}, ingress: [{ports: [{protocol: TCP}]}]}",
+    ));
     assert!(allowed(&c, "y/a", "x/a", 81, Tcp));
     assert!(!allowed(&c, "y/a", "x/a", 80, Udp));
 }
@@ -116,41 +127,69 @@ fn named_ports_resolve_on_the_destination_per_pod_and_match_protocol() {
     let c = cluster(&np("x", "p", "{podSelector: {}, ingress: [{ports: [{port: http}, {port: serve-80-udp, protocol: UDP}]}]}"));
     assert!(allowed(&c, "y/a", "x/b", 9090, Tcp));
     assert!(!allowed(&c, "y/a", "x/b", 8080, Tcp));
-    assert!(!allowed(&c, "y/a", "x/a", 9090, Tcp), "x/a has no port named http");
+    assert!(
+        !allowed(&c, "y/a", "x/a", 9090, Tcp),
+        "x/a has no port named http"
+    );
     assert!(allowed(&c, "y/a", "x/a", 80, Udp));
-    assert!(!allowed(&c, "y/a", "x/a", 80, Tcp), "named UDP port must not open TCP");
+    assert!(
+        !allowed(&c, "y/a", "x/a", 80, Tcp),
+        "named UDP port must not open TCP"
+    );
     let v = flow(&c, "y/a", "x/b", 8080, Tcp);
-    assert_eq!(v.ingress.denials[0].reason, "named port http resolves to 9090/TCP on x/b");
+    assert_eq!(
+        v.ingress.denials[0].reason,
+        "named port http resolves to 9090/TCP on x/b"
+    );
     // Egress: resolved on the peer (destination), so it differs per destination.
     let c = cluster(&np("x", "p", "{podSelector: {matchLabels: {pod: a}}, egress: [{to: [{namespaceSelector: {}}], ports: [{port: http}]}]}"));
     assert!(allowed(&c, "x/a", "y/b", 8080, Tcp));
     assert!(!allowed(&c, "x/a", "y/b", 9090, Tcp));
     assert!(allowed(&c, "x/a", "x/b", 9090, Tcp));
     assert!(!allowed(&c, "x/a", "x/b", 8080, Tcp));
-    assert!(!allowed(&c, "x/a", "8.8.8.8", 8080, Tcp), "named port cannot match outside the cluster");
+    assert!(
+        !allowed(&c, "x/a", "8.8.8.8", 8080, Tcp),
+        "named port cannot match outside the cluster"
+    );
 }
 
 #[test]
 fn end_port_is_an_inclusive_range() {
     let c = cluster(&np("x", "p", "{podSelector: {}, ingress: [{ports: [{port: 80, endPort: 85}, {port: 8000, endPort: 8080}]}]}"));
-    for (port, want) in [(79, false), (80, true), (85, true), (86, false), (8080, true), (8081, false)] {
+    for (port, want) in [
+        (79, false),
+        (80, true),
+        (85, true),
+        (86, false),
+        (8080, true),
+        (8081, false),
+    ] {
         assert_eq!(allowed(&c, "y/a", "x/a", port, Tcp), want, "port {port}");
     }
     let v = flow(&c, "y/a", "x/a", 81, Udp);
     assert!(!v.allowed);
     let v = flow(&c, "y/a", "x/a", 86, Tcp);
-    assert_eq!(v.ingress.denials[0].reason, "port 86 is not in 80-85, 8000-8080");
+    assert_eq!(
+        v.ingress.denials[0].reason,
+        "port 86 is not in 80-85, 8000-8080"
+    );
 }
 
 #[test]
 fn ip_block_except_and_pod_ips() {
     let c = cluster(&np("x", "p", "{podSelector: {matchLabels: {pod: a}}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.0.1.2/32]}}]}]}"));
-    assert!(allowed(&c, "x/a", "y/a", 80, Tcp), "ipBlock matches pod IPs");
+    assert!(
+        allowed(&c, "x/a", "y/a", 80, Tcp),
+        "ipBlock matches pod IPs"
+    );
     assert!(!allowed(&c, "x/a", "y/b", 80, Tcp), "except carves out y/b");
     assert!(!allowed(&c, "x/a", "8.8.8.8", 80, Tcp));
     assert!(allowed(&c, "x/a", "10.0.200.1", 80, Tcp));
     let v = flow(&c, "x/a", "y/b", 80, Tcp);
-    assert_eq!(v.egress.denials[0].reason, "ipBlock 10.0.0.0/16 excepts 10.0.1.2/32, which contains 10.0.1.2");
+    assert_eq!(
+        v.egress.denials[0].reason,
+        "ipBlock 10.0.0.0/16 excepts 10.0.1.2/32, which contains 10.0.1.2"
+    );
 }
 
 #[test]
@@ -169,7 +208,11 @@ fn both_selectors_in_one_peer_is_and_two_peers_is_or() {
 fn empty_namespace_selector_is_all_namespaces_absent_is_own_namespace() {
     let all = cluster(&np("x", "p", "{podSelector: {}, ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {pod: b}}}]}]}"));
     assert!(allowed(&all, "y/b", "x/a", 80, Tcp));
-    let own = cluster(&np("x", "p", "{podSelector: {}, ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]}"));
+    let own = cluster(&np(
+        "x",
+        "p",
+        "{podSelector: {}, ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]}",
+    ));
     assert!(!allowed(&own, "y/b", "x/a", 80, Tcp));
     assert!(allowed(&own, "x/b", "x/a", 80, Tcp));
     let v = flow(&own, "y/b", "x/a", 80, Tcp);
@@ -181,21 +224,39 @@ fn empty_namespace_selector_is_all_namespaces_absent_is_own_namespace() {
 
 #[test]
 fn namespace_selector_explains_missing_label() {
-    let c = cluster(&np("x", "p", "{podSelector: {}, ingress: [{from: [{namespaceSelector: {matchLabels: {team: db}}}]}]}"));
+    let c = cluster(&np(
+        "x",
+        "p",
+        "{podSelector: {}, ingress: [{from: [{namespaceSelector: {matchLabels: {team: db}}}]}]}",
+    ));
     let v = flow(&c, "y/a", "x/a", 80, Tcp);
-    assert_eq!(v.ingress.denials[0].reason, "namespaceSelector needs team=db, namespace y has team=web");
+    assert_eq!(
+        v.ingress.denials[0].reason,
+        "namespaceSelector needs team=db, namespace y has team=web"
+    );
     let v = flow(&c, "x/b", "x/a", 80, Tcp);
-    assert_eq!(v.ingress.denials[0].reason, "namespaceSelector needs team=db, namespace x has no label team");
+    assert_eq!(
+        v.ingress.denials[0].reason,
+        "namespaceSelector needs team=db, namespace x has no label team"
+    );
 }
 
 #[test]
 fn policy_types_default_and_egress_only_policy_does_not_isolate_ingress() {
     // Egress rules without policyTypes: Ingress AND Egress, and no ingress rules.
-    let c = cluster(&np("x", "p", "{podSelector: {matchLabels: {pod: a}}, egress: [{}]}"));
+    let c = cluster(&np(
+        "x",
+        "p",
+        "{podSelector: {matchLabels: {pod: a}}, egress: [{}]}",
+    ));
     assert!(!allowed(&c, "y/a", "x/a", 80, Tcp));
     assert!(allowed(&c, "x/a", "y/a", 80, Tcp));
     // Explicit [Egress]: ingress untouched.
-    let c = cluster(&np("x", "p", "{podSelector: {matchLabels: {pod: a}}, policyTypes: [Egress], egress: []}"));
+    let c = cluster(&np(
+        "x",
+        "p",
+        "{podSelector: {matchLabels: {pod: a}}, policyTypes: [Egress], egress: []}",
+    ));
     assert!(allowed(&c, "y/a", "x/a", 80, Tcp));
     assert!(!allowed(&c, "x/a", "y/a", 80, Tcp));
     let v = flow(&c, "y/a", "x/a", 80, Tcp);
@@ -225,7 +286,11 @@ fn egress_and_ingress_are_independent_and_both_must_allow() {
 
 #[test]
 fn loopback_is_always_allowed() {
-    let c = cluster(&np("x", "deny", "{podSelector: {}, policyTypes: [Ingress, Egress]}"));
+    let c = cluster(&np(
+        "x",
+        "deny",
+        "{podSelector: {}, policyTypes: [Ingress, Egress]}",
+    ));
     assert!(allowed(&c, "x/a", "x/a", 80, Tcp));
     assert!(!allowed(&c, "x/a", "x/b", 80, Tcp));
 }
@@ -234,8 +299,14 @@ fn loopback_is_always_allowed() {
 fn host_network_pods_are_never_selected() {
     let c = cluster(&(np("y", "deny", "{podSelector: {}, policyTypes: [Ingress, Egress]}")
         + &np("x", "from-y", "{podSelector: {}, ingress: [{from: [{namespaceSelector: {matchLabels: {team: web}}}]}]}")));
-    assert!(allowed(&c, "y/host", "8.8.8.8", 80, Tcp), "host-network pods are not isolated");
-    assert!(!allowed(&c, "y/host", "x/a", 80, Tcp), "and pod selectors do not match them");
+    assert!(
+        allowed(&c, "y/host", "8.8.8.8", 80, Tcp),
+        "host-network pods are not isolated"
+    );
+    assert!(
+        !allowed(&c, "y/host", "x/a", 80, Tcp),
+        "and pod selectors do not match them"
+    );
     assert!(allowed(&c, "y/a", "y/host", 80, Tcp) || !allowed(&c, "y/a", "y/host", 80, Tcp));
     let v = flow(&c, "y/host", "x/a", 80, Tcp);
     assert!(v.ingress.denials[0].reason.contains("host network"));
@@ -243,7 +314,11 @@ fn host_network_pods_are_never_selected() {
 
 #[test]
 fn label_changes_take_effect() {
-    let mut c = cluster(&np("x", "p", "{podSelector: {matchLabels: {target: isolated}}}"));
+    let mut c = cluster(&np(
+        "x",
+        "p",
+        "{podSelector: {matchLabels: {target: isolated}}}",
+    ));
     assert!(allowed(&c, "y/a", "x/a", 80, Tcp));
     let mut pod = c.pods[&super::ObjectName::new("x", "a")].clone();
     pod.labels.insert("target".into(), "isolated".into());
@@ -252,14 +327,21 @@ fn label_changes_take_effect() {
     let c2 = cluster(&np("x", "p", "{podSelector: {}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns2: updated}}}]}]}"));
     let mut c2 = c2;
     assert!(!allowed(&c2, "y/a", "x/a", 80, Tcp));
-    c2.namespaces.get_mut("y").unwrap().labels.insert("ns2".into(), "updated".into());
+    c2.namespaces
+        .get_mut("y")
+        .unwrap()
+        .labels
+        .insert("ns2".into(), "updated".into());
     assert!(allowed(&c2, "y/a", "x/a", 80, Tcp));
 }
 
 #[test]
 fn pod_ip_reuse_follows_the_new_pod() {
     let mut c = cluster(&np("x", "p", "{podSelector: {matchLabels: {pod: a}}}"));
-    assert!(!allowed(&c, "y/a", "10.0.0.1", 80, Tcp), "10.0.0.1 is x/a, isolated");
+    assert!(
+        !allowed(&c, "y/a", "10.0.0.1", 80, Tcp),
+        "10.0.0.1 is x/a, isolated"
+    );
     let old = c.remove_pod(&super::ObjectName::new("x", "a")).unwrap();
     let mut reused = old.clone();
     reused.namespace = "y".into();
@@ -294,7 +376,10 @@ fn unknown_pods_and_port_names_are_errors() {
 fn empty_rules_list_denies_and_says_so() {
     let c = cluster(&np("x", "deny", "{podSelector: {}}"));
     let v = flow(&c, "y/a", "x/a", 80, Tcp);
-    assert_eq!(v.ingress.denials[0].reason, "has no ingress rules, so it allows no ingress traffic");
+    assert_eq!(
+        v.ingress.denials[0].reason,
+        "has no ingress rules, so it allows no ingress traffic"
+    );
     assert_eq!(v.ingress.denials[0].rule, None);
 }
 

@@ -1,0 +1,184 @@
+//! `sluice matrix`: the truth table between all pods.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use super::explain::parse_protocol;
+use super::{BadInput, ManifestArgs};
+use crate::policy::matrix::{compute, Matrix, PortProto};
+use crate::policy::{Cluster, Protocol};
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MatrixFormat {
+    Text,
+    Json,
+    Csv,
+    Dot,
+}
+
+#[derive(Args)]
+pub struct MatrixArgs {
+    #[command(flatten)]
+    manifests: ManifestArgs,
+    /// Ports to probe, comma separated. Default: every declared containerPort (with its
+    /// protocol, unless --protocols is given).
+    #[arg(long, value_delimiter = ',')]
+    ports: Vec<u16>,
+    /// Protocols, comma separated (TCP, UDP, SCTP). Default: TCP when --ports is given.
+    #[arg(long, value_delimiter = ',', value_parser = parse_protocol)]
+    protocols: Vec<Protocol>,
+    #[arg(long, value_enum, default_value = "text")]
+    output: MatrixFormat,
+}
+
+/// The columns asked for: explicit ports x protocols, or the declared container ports.
+pub fn columns(cluster: &Cluster, ports: &[u16], protocols: &[Protocol]) -> Vec<PortProto> {
+    let mut set = BTreeSet::new();
+    if ports.is_empty() {
+        for p in cluster.pods.values().flat_map(|p| p.ports.iter()) {
+            if protocols.is_empty() {
+                set.insert((p.port, p.protocol));
+            } else {
+                for &proto in protocols {
+                    set.insert((p.port, proto));
+                }
+            }
+        }
+    } else {
+        let protocols = if protocols.is_empty() {
+            &[Protocol::Tcp][..]
+        } else {
+            protocols
+        };
+        for &port in ports {
+            for &proto in protocols {
+                set.insert((port, proto));
+            }
+        }
+    }
+    set.into_iter()
+        .map(|(port, protocol)| PortProto { port, protocol })
+        .collect()
+}
+
+#[derive(Serialize)]
+struct Cell<'a> {
+    from: String,
+    to: String,
+    port: u16,
+    protocol: &'a str,
+    allowed: bool,
+}
+
+pub fn run(args: MatrixArgs) -> anyhow::Result<i32> {
+    if args.ports.contains(&0) {
+        return Err(BadInput("--ports: port 0 is out of range: use 1 to 65535".into()).into());
+    }
+    let (cluster, _) = args.manifests.load()?;
+    let cols = columns(&cluster, &args.ports, &args.protocols);
+    if cols.is_empty() {
+        return Err(BadInput(
+            "no ports to probe: no pod declares a containerPort; pass --ports".into(),
+        )
+        .into());
+    }
+    let m = compute(&cluster, &cols);
+    let out = match args.output {
+        MatrixFormat::Text => render_text(&m),
+        MatrixFormat::Json => {
+            let cells = cells(&m);
+            serde_json::to_string_pretty(&cells)? + "\n"
+        }
+        MatrixFormat::Csv => render_csv(&m),
+        MatrixFormat::Dot => render_dot(&m),
+    };
+    print!("{out}");
+    Ok(0)
+}
+
+fn cells(m: &Matrix) -> Vec<Cell<'static>> {
+    let mut v = Vec::with_capacity(m.pods.len() * m.pods.len() * m.columns.len());
+    for (c, col) in m.columns.iter().enumerate() {
+        for (i, from) in m.pods.iter().enumerate() {
+            for (j, to) in m.pods.iter().enumerate() {
+                v.push(Cell {
+                    from: from.to_string(),
+                    to: to.to_string(),
+                    port: col.port,
+                    protocol: col.protocol.as_str(),
+                    allowed: m.allowed(i, j, c),
+                });
+            }
+        }
+    }
+    v
+}
+
+/// Upstream e2e style: one table per port/protocol, rows are sources, `.` allowed, `X` blocked.
+pub fn render_text(m: &Matrix) -> String {
+    let mut s = String::new();
+    for (c, col) in m.columns.iter().enumerate() {
+        let _ = writeln!(s, "{}/{}", col.port, col.protocol);
+        s.push('-');
+        for p in &m.pods {
+            let _ = write!(s, "\t{p}");
+        }
+        s.push('\n');
+        for (i, from) in m.pods.iter().enumerate() {
+            let _ = write!(s, "{from}");
+            for j in 0..m.pods.len() {
+                s.push('\t');
+                s.push(if m.allowed(i, j, c) { '.' } else { 'X' });
+            }
+            s.push('\n');
+        }
+        s.push('\n');
+    }
+    s
+}
+
+fn render_csv(m: &Matrix) -> String {
+    let mut s = String::from("from,to,port,protocol,allowed\n");
+    for cell in cells(m) {
+        let _ = writeln!(
+            s,
+            "{},{},{},{},{}",
+            cell.from, cell.to, cell.port, cell.protocol, cell.allowed
+        );
+    }
+    s
+}
+
+/// Graphviz: one edge per pod pair with the columns it is allowed on (self edges left out).
+fn render_dot(m: &Matrix) -> String {
+    let mut s = String::from("digraph reachability {\n  rankdir=LR;\n  node [shape=box];\n");
+    for p in &m.pods {
+        let _ = writeln!(s, "  \"{p}\";");
+    }
+    for (i, from) in m.pods.iter().enumerate() {
+        for (j, to) in m.pods.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let allowed: Vec<String> = m
+                .columns
+                .iter()
+                .enumerate()
+                .filter(|(c, _)| m.allowed(i, j, *c))
+                .map(|(_, col)| format!("{}/{}", col.port, col.protocol))
+                .collect();
+            if !allowed.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "  \"{from}\" -> \"{to}\" [label=\"{}\"];",
+                    allowed.join(",")
+                );
+            }
+        }
+    }
+    s.push_str("}\n");
+    s
+}
