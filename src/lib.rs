@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod compile;
 pub mod lab;
 pub mod manifests;
 pub mod policy;

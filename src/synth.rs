@@ -148,28 +148,38 @@ pub fn generate(p: &SynthParams) -> Cluster {
             0 => (
                 Selector::default(),
                 Some(vec![]),
-                (i % namespaces % 4 == 0).then(Vec::new),
+                (i % namespaces).is_multiple_of(4).then(Vec::new),
             ),
             1 => (
                 Selector::default(),
                 None,
-                Some(vec![Rule {
-                    peers: vec![Peer::Pods {
-                        namespaces: NamespaceScope::Selected(sel(&[(
-                            "kubernetes.io/metadata.name",
-                            "kube-system",
-                        )])),
-                        pods: sel(&[("k8s-app", "kube-dns")]),
-                    }],
-                    ports: vec![
-                        PortRule {
-                            protocol: Protocol::Udp,
-                            port: Some(PortRef::Number(53)),
-                            end_port: None,
-                        },
-                        tcp(PortRef::Number(53)),
-                    ],
-                }]),
+                Some(vec![
+                    // Anything inside the namespace.
+                    Rule {
+                        peers: vec![Peer::Pods {
+                            namespaces: NamespaceScope::PolicyNamespace,
+                            pods: Selector::default(),
+                        }],
+                        ports: vec![],
+                    },
+                    Rule {
+                        peers: vec![Peer::Pods {
+                            namespaces: NamespaceScope::Selected(sel(&[(
+                                "kubernetes.io/metadata.name",
+                                "kube-system",
+                            )])),
+                            pods: sel(&[("k8s-app", "kube-dns")]),
+                        }],
+                        ports: vec![
+                            PortRule {
+                                protocol: Protocol::Udp,
+                                port: Some(PortRef::Number(53)),
+                                end_port: None,
+                            },
+                            tcp(PortRef::Number(53)),
+                        ],
+                    },
+                ]),
             ),
             2 => (
                 sel(&[("app", &app), ("tier", "backend")]),

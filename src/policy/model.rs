@@ -220,6 +220,9 @@ pub struct Cluster {
     pub policies: BTreeMap<ObjectName, Policy>,
     /// Invalid objects that were left out.
     pub errors: Vec<Problem>,
+    /// Invalid policies, with their podSelector when it alone is valid (None: the selector is
+    /// invalid too). Dataplanes fail the pods they may select closed.
+    pub invalid_policies: BTreeMap<ObjectName, Option<Selector>>,
     /// Things that work but deserve a look (undeclared namespaces, normalised CIDRs, ...).
     pub warnings: Vec<String>,
 }
@@ -292,6 +295,7 @@ impl Cluster {
     }
 
     pub fn upsert_policy(&mut self, policy: Policy) {
+        self.invalid_policies.remove(&policy.object_name());
         self.ensure_namespace(
             &policy.namespace,
             "NetworkPolicy",
@@ -301,7 +305,29 @@ impl Cluster {
     }
 
     pub fn remove_policy(&mut self, name: &ObjectName) -> Option<Policy> {
+        self.invalid_policies.remove(name);
         self.policies.remove(name)
+    }
+
+    /// Records a policy that failed validation: the valid version (if any) is removed, and
+    /// pods it may select fail closed in the dataplane.
+    pub fn mark_policy_invalid(&mut self, name: ObjectName, selector: Option<Selector>) {
+        self.policies.remove(&name);
+        self.invalid_policies.insert(name, selector);
+    }
+
+    /// Invalid policies that may select `pod` (same namespace; selector matches or unknown).
+    pub fn invalid_policies_for(&self, pod: &Pod) -> Vec<String> {
+        if pod.host_network {
+            return vec![];
+        }
+        self.invalid_policies
+            .iter()
+            .filter(|(n, sel)| {
+                n.namespace == pod.namespace && sel.as_ref().is_none_or(|s| s.matches(&pod.labels))
+            })
+            .map(|(n, _)| n.to_string())
+            .collect()
     }
 
     fn ensure_namespace(&mut self, ns: &str, kind: &str, user: &str) {

@@ -46,6 +46,9 @@ impl Checker {
 pub struct Converted {
     pub policy: Result<Policy, Vec<Problem>>,
     pub warnings: Vec<String>,
+    /// The podSelector when it alone is valid, so the pods an invalid policy meant to
+    /// protect can fail closed; None when the selector itself is invalid.
+    pub pod_selector: Option<Selector>,
 }
 
 /// Validates and defaults a NetworkPolicy. `default_namespace` applies when metadata has none.
@@ -71,10 +74,12 @@ pub fn convert(np: &NetworkPolicy, default_namespace: &str) -> Converted {
     }
 
     let spec = np.spec.clone().unwrap_or_default();
+    let selector_problems = c.problems.len();
     let pod_selector = c.selector(
         "spec.podSelector",
         &spec.pod_selector.clone().unwrap_or_default(),
     );
+    let selector_ok = c.problems.len() == selector_problems;
 
     let ingress_rules: Vec<Rule> = spec
         .ingress
@@ -123,6 +128,7 @@ pub fn convert(np: &NetworkPolicy, default_namespace: &str) -> Converted {
         ));
     }
 
+    let valid_selector = selector_ok.then(|| pod_selector.clone());
     let policy = if c.problems.is_empty() {
         Ok(Policy {
             namespace,
@@ -137,6 +143,7 @@ pub fn convert(np: &NetworkPolicy, default_namespace: &str) -> Converted {
     Converted {
         policy,
         warnings: c.warnings,
+        pod_selector: valid_selector,
     }
 }
 

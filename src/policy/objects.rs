@@ -68,6 +68,7 @@ pub struct ClusterBuilder {
     declared_namespaces: Vec<Namespace>,
     pods: Vec<Pod>,
     policies: Vec<super::model::Policy>,
+    invalid_policies: Vec<(super::model::ObjectName, Option<super::labels::Selector>)>,
 }
 
 impl ClusterBuilder {
@@ -229,11 +230,15 @@ impl ClusterBuilder {
         let np: NetworkPolicy = match serde_json::from_value(doc) {
             Ok(p) => p,
             Err(e) => {
+                // Unreadable: nothing is known of what it selects, so its whole namespace
+                // fails closed in the dataplane.
+                self.invalid_policies
+                    .push((super::model::ObjectName::new(&ns, &name), None));
                 return self.problem(
                     format!("NetworkPolicy {ns}/{name}"),
                     "",
                     format!("cannot be read: {e}"),
-                )
+                );
             }
         };
         let converted = networkpolicy::convert(&np, "default");
@@ -246,6 +251,10 @@ impl ClusterBuilder {
             Err(ps) => {
                 self.summary.invalid += 1;
                 self.cluster.errors.extend(ps);
+                self.invalid_policies.push((
+                    super::model::ObjectName::new(ns, name),
+                    converted.pod_selector,
+                ));
             }
         }
     }
@@ -260,6 +269,9 @@ impl ClusterBuilder {
         }
         for p in self.policies.drain(..) {
             self.cluster.upsert_policy(p);
+        }
+        for (name, sel) in self.invalid_policies.drain(..) {
+            self.cluster.mark_policy_invalid(name, sel);
         }
         self.cluster.warnings.sort();
         self.cluster.warnings.dedup();
