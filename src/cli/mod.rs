@@ -1,5 +1,7 @@
 //! Command-line front end: argument parsing and output formatting only.
 
+mod conformance;
+mod dataplane;
 mod explain;
 mod matrix;
 
@@ -26,8 +28,16 @@ enum Command {
     Explain(explain::ExplainArgs),
     /// Print the truth table between all pods, for each port and protocol.
     Matrix(matrix::MatrixArgs),
+    /// Print the nftables ruleset for one node.
+    Compile(dataplane::CompileArgs),
+    /// Install the ruleset for one node into the current network namespace (needs root).
+    Apply(dataplane::ApplyArgs),
+    /// Compare the installed ruleset with the wanted one (exit 1 on drift).
+    Status(dataplane::ApplyArgs),
     /// Run benchmarks and print their results (text, or JSON for machines).
     Bench(BenchArgs),
+    /// Conformance cases and differential fuzzing against the oracle or the lab.
+    Conformance(conformance::ConformanceArgs),
 }
 
 #[derive(Args)]
@@ -121,6 +131,10 @@ pub fn run() -> i32 {
         Command::Explain(a) => explain::run(a),
         Command::Matrix(a) => matrix::run(a),
         Command::Bench(a) => bench(a),
+        Command::Conformance(a) => conformance::run(a),
+        Command::Compile(a) => dataplane::compile_cmd(a),
+        Command::Apply(a) => dataplane::apply_cmd(a),
+        Command::Status(a) => dataplane::status_cmd(a),
     };
     match result {
         Ok(code) => code,

@@ -408,20 +408,60 @@ fn add_policy_chain(
     let mut out = Vec::new();
     for (r, rule) in rules.iter().enumerate() {
         let comment = format!("{pname} {dir} rule {r}");
+        let mut push = |matches: Vec<Match>| {
+            out.push(Rule {
+                matches,
+                verdict: Verdict::Accept,
+                comment: Some(comment.clone()),
+            })
+        };
+        let numeric = numeric_port_alts(rule);
+        if rule.peers.is_empty() {
+            // No peers: the numeric part is the same in every family.
+            for alt in &numeric {
+                push(alt.clone());
+            }
+            for &family in families {
+                if let Some(named) =
+                    named_port_match(t, cluster, policy, dir, r, rule, local, family)
+                {
+                    push(vec![named]);
+                }
+            }
+            continue;
+        }
+        let has_named = rule
+            .ports
+            .iter()
+            .any(|p| matches!(p.port, Some(PortRef::Name(_))));
+        // Egress named ports carry their peers in the set; pod peer sets are only needed
+        // for numeric ports and for ingress named ports.
+        let needs_peer_sets = !numeric.is_empty() || (dir == Direction::Ingress && has_named);
         for &family in families {
-            let peers = peer_matches(t, cluster, policy, dir, rule, family);
-            let Some(peers) = peers else { continue };
-            let ports = port_matches(t, cluster, policy, dir, r, rule, local, family);
+            let peers = if needs_peer_sets {
+                match peer_matches(t, cluster, policy, dir, rule, family) {
+                    Some(p) => p,
+                    None => continue,
+                }
+            } else {
+                vec![]
+            };
             for peer in &peers {
-                for port in &ports {
-                    let mut matches = Vec::new();
-                    matches.extend(peer.iter().cloned());
-                    matches.extend(port.iter().cloned());
-                    out.push(Rule {
-                        matches,
-                        verdict: Verdict::Accept,
-                        comment: Some(comment.clone()),
-                    });
+                for alt in &numeric {
+                    push(peer.iter().chain(alt.iter()).cloned().collect());
+                }
+            }
+            match (
+                dir,
+                named_port_match(t, cluster, policy, dir, r, rule, local, family),
+            ) {
+                (_, None) => {}
+                // Egress named-port sets list only the peers' own addresses: no peer match needed.
+                (Direction::Egress, Some(named)) => push(vec![named]),
+                (Direction::Ingress, Some(named)) => {
+                    for peer in &peers {
+                        push(peer.iter().cloned().chain([named.clone()]).collect());
+                    }
                 }
             }
         }
@@ -512,19 +552,10 @@ fn peer_matches(
     (!alts.is_empty()).then_some(alts)
 }
 
-/// Alternatives for the port part of a rule: `[[]]` for all ports; per protocol a numeric
-/// match; and one named-port set match.
-#[allow(clippy::too_many_arguments)]
-fn port_matches(
-    t: &mut Table,
-    cluster: &Cluster,
-    policy: &Policy,
-    dir: Direction,
-    r: usize,
-    rule: &PolicyRule,
-    local: &[&Pod],
-    family: Family,
-) -> Vec<Vec<Match>> {
+/// Alternatives for the numeric port part of a rule: `[[]]` when the rule has no ports,
+/// otherwise per protocol a protocol match with its merged port ranges. Named ports are
+/// matched separately by [`named_port_match`]; a rule with only named ports has none here.
+fn numeric_port_alts(rule: &PolicyRule) -> Vec<Vec<Match>> {
     if rule.ports.is_empty() {
         return vec![vec![]];
     }
@@ -543,6 +574,23 @@ fn port_matches(
             alts.push(vec![Match::L4Proto(proto), Match::DportIn(ranges)]);
         }
     }
+    alts
+}
+
+/// The named-port match of a rule in one family, declaring its set: named ports resolve on
+/// the destination, so for ingress the set lists the selected local pods' resolved ports,
+/// for egress every pod the rule's peers match with its resolved ports.
+#[allow(clippy::too_many_arguments)]
+fn named_port_match(
+    t: &mut Table,
+    cluster: &Cluster,
+    policy: &Policy,
+    dir: Direction,
+    r: usize,
+    rule: &PolicyRule,
+    local: &[&Pod],
+    family: Family,
+) -> Option<Match> {
     let named: Vec<(&str, Protocol)> = rule
         .ports
         .iter()
@@ -551,64 +599,67 @@ fn port_matches(
             _ => None,
         })
         .collect();
-    if !named.is_empty() {
-        // Named ports resolve on the destination: for ingress the selected local pods, for
-        // egress every pod the rule's peers match.
-        let (set, targets, comment): (String, Vec<&Pod>, String) = match dir {
-            Direction::Ingress => (
-                names::object_name(&format!(
-                    "np_{}_{}_ingress{r}_named_{}",
-                    policy.namespace,
-                    policy.name,
-                    family.suffix()
-                )),
-                local
-                    .iter()
-                    .copied()
-                    .filter(|p| policy.selects(p))
-                    .collect(),
-                format!(
-                    "{} ingress rule {r}: named ports on selected local pods",
-                    policy.object_name()
-                ),
+    if named.is_empty() {
+        return None;
+    }
+    let (set, targets, comment): (String, Vec<&Pod>, String) = match dir {
+        Direction::Ingress => (
+            names::object_name(&format!(
+                "np_{}_{}_ingress{r}_named_{}",
+                policy.namespace,
+                policy.name,
+                family.suffix()
+            )),
+            local
+                .iter()
+                .copied()
+                .filter(|p| policy.selects(p))
+                .collect(),
+            format!(
+                "{} ingress rule {r}: named ports on selected local pods",
+                policy.object_name()
             ),
-            Direction::Egress => {
-                let peer_key = rule_peer_key(&policy.namespace, rule);
-                let key = format!("{peer_key} ports {named:?}");
-                (
-                    names::content_set("named", &key, family.suffix()),
-                    cluster
-                        .pods
-                        .values()
-                        .filter(|p| egress_named_target(cluster, policy, rule, p))
-                        .collect(),
-                    format!("named ports {named:?} on pods of {peer_key}"),
-                )
-            }
-        };
-        if !t.sets.contains_key(&set) {
-            let mut elements = BTreeSet::new();
-            for pod in targets {
-                for (name, proto) in &named {
-                    if let Some(port) = pod.resolve_named_port(name, *proto) {
-                        for ip in pod.ips.iter().filter(|ip| Family::of(ip) == family) {
-                            elements.insert(Element::NamedPort(*ip, *proto, port));
-                        }
+        ),
+        Direction::Egress => {
+            let peer_key = rule_peer_key(&policy.namespace, rule);
+            let ports: Vec<String> = named.iter().map(|(n, p)| format!("{n}/{p}")).collect();
+            let ports = ports.join(", ");
+            (
+                names::content_set(
+                    "named",
+                    &format!("{peer_key} ports {ports}"),
+                    family.suffix(),
+                ),
+                cluster
+                    .pods
+                    .values()
+                    .filter(|p| egress_named_target(cluster, policy, rule, p))
+                    .collect(),
+                format!("named ports {ports} on pods of {peer_key}"),
+            )
+        }
+    };
+    if !t.sets.contains_key(&set) {
+        let mut elements = BTreeSet::new();
+        for pod in targets {
+            for (name, proto) in &named {
+                if let Some(port) = pod.resolve_named_port(name, *proto) {
+                    for ip in pod.ips.iter().filter(|ip| Family::of(ip) == family) {
+                        elements.insert(Element::NamedPort(*ip, *proto, port));
                     }
                 }
             }
-            t.sets.insert(
-                set.clone(),
-                Set {
-                    ty: SetType::NamedPort(family),
-                    elements,
-                    comment: Some(comment),
-                },
-            );
         }
-        alts.push(vec![Match::NamedPortInSet { family, set }]);
+        t.sets.insert(
+            set.clone(),
+            Set {
+                ty: SetType::NamedPort(family),
+                elements,
+                comment: Some(comment),
+            },
+        );
     }
-    alts
+    Some(Match::NamedPortInSet { family, set })
 }
 
 /// Every peer of a rule, canonical (pod peers with the namespace explicit, and ipBlocks).

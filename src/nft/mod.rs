@@ -1,0 +1,86 @@
+//! The nftables dataplane: render a [`NodeRuleset`] as nftables JSON, apply it atomically
+//! through `nft -j -f -`, patch it with the smallest delta, and read back our own tables.
+
+pub mod delta;
+pub mod installed;
+pub mod json;
+pub mod runner;
+pub mod text;
+
+use std::time::Instant;
+
+use anyhow::Result;
+
+use crate::compile::ir::{NodeRuleset, TableFamily};
+use crate::dataplane::{ApplyReport, Dataplane, Status};
+pub use runner::Nft;
+
+/// nftables in one network namespace (the current one, or a named one).
+pub struct NftDataplane {
+    pub nft: Nft,
+}
+
+impl NftDataplane {
+    pub fn new(nft: Nft) -> Self {
+        NftDataplane { nft }
+    }
+}
+
+const OUR_FAMILIES: [TableFamily; 2] = [TableFamily::Inet, TableFamily::Bridge];
+
+impl Dataplane for NftDataplane {
+    fn name(&self) -> &'static str {
+        "nftables"
+    }
+
+    fn apply_full(&mut self, rs: &NodeRuleset) -> Result<ApplyReport> {
+        let batch = json::full_replace(rs, &OUR_FAMILIES);
+        let commands = batch["nftables"].as_array().map_or(0, |a| a.len() - 1);
+        let t = Instant::now();
+        self.nft.apply_json(&batch)?;
+        Ok(ApplyReport {
+            full: true,
+            commands,
+            stats: None,
+            seconds: t.elapsed().as_secs_f64(),
+        })
+    }
+
+    fn apply_delta(&mut self, old: &NodeRuleset, new: &NodeRuleset) -> Result<ApplyReport> {
+        let Some(d) = delta::delta(old, new) else {
+            return self.apply_full(new);
+        };
+        let t = Instant::now();
+        if !d.commands.is_empty() {
+            self.nft.apply_json(&json::batch(d.commands))?;
+        }
+        Ok(ApplyReport {
+            full: false,
+            commands: d.stats.commands,
+            stats: Some(d.stats),
+            seconds: t.elapsed().as_secs_f64(),
+        })
+    }
+
+    fn status(&self, wanted: &NodeRuleset) -> Result<Status> {
+        let (_, installed) = installed::read(&self.nft)?;
+        let want = installed::Summary::wanted(wanted);
+        let differences = installed.differences(&want);
+        Ok(Status {
+            in_sync: differences.is_empty(),
+            differences,
+            installed,
+            wanted: want,
+        })
+    }
+
+    fn remove(&mut self) -> Result<()> {
+        let mut cmds = Vec::new();
+        for f in OUR_FAMILIES {
+            let t = crate::compile::ir::Table::new(f, crate::compile::TABLE);
+            cmds.push(json::add_table(&t));
+            cmds.push(json::delete_table(&t));
+        }
+        self.nft.apply_json(&json::batch(cmds))
+    }
+}
