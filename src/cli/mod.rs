@@ -3,6 +3,7 @@
 mod conformance;
 mod dataplane;
 mod explain;
+mod lab;
 mod matrix;
 
 use std::path::PathBuf;
@@ -28,6 +29,9 @@ enum Command {
     Explain(explain::ExplainArgs),
     /// Print the truth table between all pods, for each port and protocol.
     Matrix(matrix::MatrixArgs),
+    /// The lab: a cluster of network namespaces on this machine, enforced by sluice.
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
     /// Print the nftables ruleset for one node.
     Compile(dataplane::CompileArgs),
     /// Install the ruleset for one node into the current network namespace (needs root).
@@ -133,6 +137,7 @@ pub fn run() -> i32 {
         Command::Bench(a) => bench(a),
         Command::Conformance(a) => conformance::run(a),
         Command::Compile(a) => dataplane::compile_cmd(a),
+        Command::Lab(c) => lab::run(c),
         Command::Apply(a) => dataplane::apply_cmd(a),
         Command::Status(a) => dataplane::status_cmd(a),
     };

@@ -8,18 +8,38 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::policy::Protocol;
 
 /// How pods attach to the node's network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Attach {
     /// Each pod has its own host-side veth, traffic is routed (Calico-style, flannel + ptp).
     Routed,
     /// Pods share a bridge (flannel's default cni0); dispatch by pod IP.
     Bridged,
+}
+
+impl std::str::FromStr for Attach {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "routed" | "ptp" => Ok(Attach::Routed),
+            "bridged" | "bridge" => Ok(Attach::Bridged),
+            _ => anyhow::bail!("unknown attachment {s:?}: use routed or bridged"),
+        }
+    }
+}
+
+impl std::fmt::Display for Attach {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Attach::Routed => "routed",
+            Attach::Bridged => "bridged",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

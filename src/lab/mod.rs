@@ -16,6 +16,7 @@
 //! attach to it, serve it, probe it, or clean up after a crash. See docs/lab.md.
 
 pub mod cni;
+pub mod enforce;
 pub mod netns;
 pub mod overlay;
 pub mod probe;
@@ -42,34 +43,9 @@ pub const MAX_NAME: usize = 16;
 /// Environment marker of a detached server process, checked before we signal a pid.
 const SERVER_ENV: &str = "SLUICE_LAB_SERVE";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Attach {
-    /// CNI `ptp`: one routed veth per pod (host side named veth<random>).
-    Routed,
-    /// CNI `bridge`: veths on `cni0`, flannel's default.
-    Bridged,
-}
-
-impl std::str::FromStr for Attach {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "routed" | "ptp" => Ok(Attach::Routed),
-            "bridged" | "bridge" => Ok(Attach::Bridged),
-            _ => bail!("unknown attachment {s:?} (routed, bridged)"),
-        }
-    }
-}
-
-impl std::fmt::Display for Attach {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Attach::Routed => "routed",
-            Attach::Bridged => "bridged",
-        })
-    }
-}
+/// How pods attach: the same choice the compiler makes (routed = CNI `ptp`, bridged = CNI
+/// `bridge` on `cni0`).
+pub use crate::compile::Attach;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LabSpec {
@@ -461,7 +437,12 @@ impl Lab {
     /// can contain '-', so "a-b"/"c" and "a"/"b-c" would collide: the taken check catches it.
     fn pod_netns_name(&self, ns: &str, name: &str) -> String {
         let taken = |n: &str| self.pods.iter().any(|p| p.netns == n) || netns::exists(n);
-        let readable = format!("{NETNS_PREFIX}{}-{ns}-{name}", self.name);
+        // '/' (workload pods) cannot be in a file name; '_' is in no Kubernetes name.
+        let readable = format!(
+            "{NETNS_PREFIX}{}-{ns}-{}",
+            self.name,
+            name.replace('/', "_")
+        );
         if readable.len() <= 64 && !taken(&readable) {
             return readable;
         }
@@ -478,7 +459,10 @@ impl Lab {
 
     fn check_pod_spec(&self, p: &PodSpec) -> Result<()> {
         validate_k8s_name("namespace", &p.namespace)?;
-        validate_k8s_name("pod name", &p.name)?;
+        // Workloads stand for one pod named `<kind>/<name>`: each part must be a valid name.
+        for part in p.name.splitn(2, '/') {
+            validate_k8s_name("pod name", part)?;
+        }
         if p.node >= self.nodes.len() {
             bail!(
                 "pod {}/{}: node {} does not exist (lab has {})",
@@ -827,6 +811,12 @@ impl LabGuard {
             self.servers = Some(self.start_servers()?);
         }
         Ok(())
+    }
+    /// Keep the lab running after the guard is gone (e.g. `sluice lab up`), stopping only
+    /// this process's in-process servers.
+    pub fn into_inner(mut self) -> Lab {
+        self.servers.take();
+        self.lab.take().expect("lab present until down/drop")
     }
     /// Tear down now and report errors (drop does the same but can only log them).
     pub fn down(mut self) -> Result<()> {

@@ -1,0 +1,269 @@
+//! The lab with sluice enforcing in it: a cluster snapshot becomes pods in the lab, and every
+//! node's ruleset (compiled for that node, with the lab's real interfaces) is kept applied
+//! with deltas, in-process, the way one agent per node would.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use super::{Attach, Lab, LabGuard, LabSpec, PodInfo, PodSpec, ProbeResult, Proto};
+use crate::compile::{compile, Attachment, CompileInput, NodeRuleset};
+use crate::dataplane::Dataplane;
+use crate::nft::{Nft, NftDataplane};
+use crate::policy::model::ObjectName;
+use crate::policy::{Cluster, Pod, Protocol};
+
+/// The node name sluice uses for lab node `i`.
+pub fn node_name(i: usize) -> String {
+    format!("node-{i}")
+}
+
+fn node_index(name: &str) -> Option<usize> {
+    name.strip_prefix("node-")?.parse().ok()
+}
+
+/// A lab whose nodes are enforced by sluice.
+pub struct EnforcedLab {
+    pub guard: LabGuard,
+    installed: Vec<Option<NodeRuleset>>,
+    nodes: usize,
+    next_node: usize,
+    /// Ports every pod serves besides its declared container ports (what probes will ask).
+    extra_ports: Vec<u16>,
+}
+
+/// What one sync changed, for reports and tests.
+#[derive(Debug, Default, Clone)]
+pub struct SyncReport {
+    pub pods_added: usize,
+    pub pods_removed: usize,
+    pub full_applies: usize,
+    pub delta_applies: usize,
+}
+
+impl EnforcedLab {
+    /// Creates an empty lab of `nodes` nodes and starts its servers in this process.
+    pub fn up(name: &str, nodes: usize, attach: Attach) -> Result<EnforcedLab> {
+        if nodes == 0 {
+            bail!("a lab needs at least one node");
+        }
+        let spec = LabSpec {
+            name: name.to_string(),
+            nodes,
+            attach,
+            pods: vec![],
+        };
+        let mut guard = LabGuard::up(&spec)?;
+        guard.serve()?;
+        Ok(EnforcedLab {
+            guard,
+            installed: vec![None; nodes],
+            nodes,
+            next_node: 0,
+            extra_ports: vec![],
+        })
+    }
+
+    pub fn lab(&self) -> &Lab {
+        &self.guard
+    }
+
+    /// Makes the lab match `desired`: removes pods that are gone (or whose node or requested
+    /// address changed), adds new ones, writes each pod's node and address back into
+    /// `desired`, then brings every node's ruleset up to date.
+    pub fn sync(&mut self, desired: &mut Cluster) -> Result<SyncReport> {
+        let mut report = SyncReport::default();
+        // Remove first: a new pod may want the address of one that is going away.
+        let existing: Vec<(String, String, usize, Ipv4Addr)> = self
+            .lab()
+            .pods()
+            .iter()
+            .map(|p| (p.namespace.clone(), p.name.clone(), p.node, p.ip))
+            .collect();
+        for (ns, name, node, ip) in &existing {
+            let keep = desired
+                .pods
+                .get(&ObjectName::new(ns, name))
+                .is_some_and(|p| self.fits(p, *node, *ip));
+            if !keep {
+                self.guard.remove_pod(ns, name)?;
+                report.pods_removed += 1;
+            }
+        }
+        let names: Vec<ObjectName> = desired.pods.keys().cloned().collect();
+        for name in names {
+            let pod = desired.pods.get_mut(&name).expect("listed");
+            if pod.host_network {
+                continue; // host-network pods have no namespace of their own in the lab
+            }
+            let info = match self.lab().pod(&name.namespace, &name.name) {
+                Some(info) => info.clone(),
+                None => {
+                    let node = match pod.node.as_deref().and_then(node_index) {
+                        Some(i) if i < self.nodes => i,
+                        Some(i) => bail!(
+                            "{name} is pinned to node-{i}, but the lab has {} nodes",
+                            self.nodes
+                        ),
+                        None => {
+                            let i = self.next_node % self.nodes;
+                            self.next_node += 1;
+                            i
+                        }
+                    };
+                    let mut ports: Vec<u16> = pod.ports.iter().map(|p| p.port).collect();
+                    ports.extend(&self.extra_ports);
+                    ports.sort();
+                    ports.dedup();
+                    let mut spec = PodSpec::new(&name.namespace, &name.name, node, &ports);
+                    if let Some(IpAddr::V4(ip)) = pod.ips.first() {
+                        spec = spec.with_ip(*ip);
+                    }
+                    let info = self
+                        .guard
+                        .add_pod(&spec)
+                        .with_context(|| format!("adding pod {name} to the lab"))?;
+                    report.pods_added += 1;
+                    info
+                }
+            };
+            pod.node = Some(node_name(info.node));
+            pod.ips = vec![IpAddr::V4(info.ip)];
+        }
+        // Servers answer for new pods before anyone probes them.
+        for info in self.lab().pods().to_vec() {
+            self.lab()
+                .wait_served(&info, Duration::from_secs(5))
+                .with_context(|| format!("serving {}/{}", info.namespace, info.name))?;
+        }
+        for node in 0..self.nodes {
+            let rs = self.ruleset(desired, node);
+            let mut dp = NftDataplane::new(Nft::in_netns(self.lab().node_netns(node)));
+            let report_one = match &self.installed[node] {
+                Some(old) => dp.apply_delta(old, &rs),
+                None => dp.apply_full(&rs),
+            }
+            .with_context(|| format!("enforcing on {}", node_name(node)))?;
+            if report_one.full {
+                report.full_applies += 1;
+            } else {
+                report.delta_applies += 1;
+            }
+            self.installed[node] = Some(rs);
+        }
+        Ok(report)
+    }
+
+    /// Whether an existing lab pod still fits the desired pod (same node and address asked).
+    fn fits(&self, pod: &Pod, node: usize, ip: Ipv4Addr) -> bool {
+        let node_ok = pod
+            .node
+            .as_deref()
+            .and_then(node_index)
+            .is_none_or(|i| i == node);
+        let ip_ok = match pod.ips.first() {
+            Some(IpAddr::V4(want)) => *want == ip,
+            _ => true,
+        };
+        node_ok && ip_ok && !pod.host_network
+    }
+
+    /// The ruleset of one lab node, with the lab's real interfaces and MACs.
+    pub fn ruleset(&self, cluster: &Cluster, node: usize) -> NodeRuleset {
+        let attachments: BTreeMap<ObjectName, Attachment> = self
+            .lab()
+            .pods()
+            .iter()
+            .map(|p| {
+                (
+                    ObjectName::new(&p.namespace, &p.name),
+                    Attachment {
+                        iface: Some(p.host_iface.clone()),
+                        mac: Some(p.mac.clone()),
+                    },
+                )
+            })
+            .collect();
+        compile(&CompileInput {
+            cluster,
+            node: &node_name(node),
+            attach: self.lab().attach(),
+            attachments: &attachments,
+        })
+    }
+
+    pub fn installed(&self, node: usize) -> Option<&NodeRuleset> {
+        self.installed[node].as_ref()
+    }
+
+    pub fn pod(&self, name: &ObjectName) -> Result<&PodInfo> {
+        self.lab()
+            .pod(&name.namespace, &name.name)
+            .with_context(|| format!("no pod {name} in the lab"))
+    }
+
+    /// A real probe; retried only while the result differs from `expected` (like upstream).
+    pub fn probe(
+        &self,
+        from: &ObjectName,
+        to: &ObjectName,
+        via_service: bool,
+        port: u16,
+        protocol: Protocol,
+        expected: bool,
+    ) -> ProbeResult {
+        let proto = match protocol {
+            Protocol::Tcp => Proto::Tcp,
+            Protocol::Udp => Proto::Udp,
+            Protocol::Sctp => {
+                return ProbeResult::Skipped {
+                    reason: "SCTP: this kernel has no SCTP sockets (IP_SCTP off)".into(),
+                }
+            }
+        };
+        let (src, dst) = match (self.pod(from), self.pod(to)) {
+            (Ok(s), Ok(d)) => (s, d),
+            (Err(e), _) | (_, Err(e)) => {
+                return ProbeResult::Error {
+                    detail: format!("{e:#}"),
+                }
+            }
+        };
+        let target = if via_service { dst.service_ip } else { dst.ip };
+        self.lab()
+            .probe_with_retry(src, target, port, proto, PROBE_TIMEOUT, expected, 3)
+    }
+
+    /// Adopts a running lab whose servers run elsewhere (a detached `sluice lab serve`).
+    pub fn adopt(lab: Lab) -> EnforcedLab {
+        let nodes = lab.nodes().len();
+        EnforcedLab {
+            guard: LabGuard::new(lab),
+            installed: vec![None; nodes],
+            nodes,
+            next_node: 0,
+            extra_ports: vec![],
+        }
+    }
+
+    /// Every pod added from now on also serves these ports (on TCP and UDP), as the upstream
+    /// suite's pods serve every probed port: a probe must be able to connect when allowed.
+    pub fn serve_also(&mut self, ports: &[u16]) {
+        self.extra_ports = ports.to_vec();
+    }
+
+    /// Leaves the lab (and its rules) running when this value goes away.
+    pub fn detach(self) -> Lab {
+        self.guard.into_inner()
+    }
+
+    /// Removes every rule and the lab itself.
+    pub fn down(self) -> Result<()> {
+        self.guard.down()
+    }
+}
+
+/// Short, like the upstream suite's: a dropped TCP SYN or unanswered UDP datagram costs this.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
