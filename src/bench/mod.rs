@@ -3,6 +3,7 @@
 //! Each section measures one thing on seeded synthetic clusters ([`crate::synth`]) and reports
 //! wall-clock figures; ratios are computed between runs made in the same process.
 
+mod dataplane;
 mod matrix;
 
 use serde::Serialize;
@@ -22,16 +23,29 @@ pub struct Measurement {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Section {
     Matrix,
+    Dataplane,
 }
 
-pub fn run(sections: &[Section], quick: bool) -> Vec<Measurement> {
+pub fn run(sections: &[Section], quick: bool) -> anyhow::Result<Vec<Measurement>> {
     let mut out = Vec::new();
     for s in sections {
         match s {
             Section::Matrix => out.extend(matrix::run(quick)),
+            Section::Dataplane => out.extend(dataplane::run(quick)?),
         }
     }
-    out
+    Ok(out)
+}
+
+/// The `q` quantile (0..=1) of a sample, nearest rank.
+pub fn percentile(xs: &[f64], q: f64) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+    v[idx]
 }
 
 /// Median of a sample, in the sample's unit.

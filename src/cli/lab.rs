@@ -2,7 +2,6 @@
 //! wired like flannel, with sluice enforcing real policies on real traffic.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
@@ -279,15 +278,7 @@ struct Summary {
     skipped: usize,
 }
 
-fn observed_of(r: &ProbeResult) -> Observed {
-    match r {
-        ProbeResult::Connected { .. } => Observed::Allowed,
-        ProbeResult::Blocked { .. } => Observed::Blocked,
-        ProbeResult::Skipped { reason } => Observed::Skipped(reason.clone()),
-        // A probe that could not run is never taken as "blocked".
-        ProbeResult::Error { detail } => Observed::Skipped(format!("probe error: {detail}")),
-    }
-}
+use crate::conformance::lab::observed_of;
 
 fn run_all(a: RunArgs) -> Result<i32> {
     let (mut cluster, _) = a.manifests.load()?;
@@ -390,8 +381,7 @@ fn run_all(a: RunArgs) -> Result<i32> {
     Ok(if summary.mismatched == 0 { 0 } else { 1 })
 }
 
-/// Probes every off-diagonal cell of one column, many at a time (a blocked probe waits for
-/// its timeout, so probing in parallel is what keeps a full matrix quick).
+/// Probes every off-diagonal cell of one column.
 fn probe_grid(
     lab: &EnforcedLab,
     expected: &Grid<bool>,
@@ -399,33 +389,15 @@ fn probe_grid(
     via_service: bool,
 ) -> Grid<Observed> {
     let pods = expected.pods.clone();
-    let work: Vec<(usize, usize)> = expected.pairs().collect();
-    let results = Mutex::new(Grid::filled(
-        pods.clone(),
-        Observed::Skipped("loopback".into()),
-    ));
-    let next = Mutex::new(0usize);
-    std::thread::scope(|s| {
-        for _ in 0..32.min(work.len().max(1)) {
-            s.spawn(|| loop {
-                let k = {
-                    let mut n = next.lock().unwrap();
-                    let k = *n;
-                    *n += 1;
-                    k
-                };
-                let Some(&(i, j)) = work.get(k) else { break };
-                let r = lab.probe(
-                    &pods[i],
-                    &pods[j],
-                    via_service,
-                    col.port,
-                    col.protocol,
-                    *expected.get(i, j),
-                );
-                results.lock().unwrap().set(i, j, observed_of(&r));
-            });
-        }
-    });
-    results.into_inner().unwrap()
+    let pairs: Vec<(usize, usize)> = expected.pairs().collect();
+    let cells: Vec<(ObjectName, ObjectName, bool)> = pairs
+        .iter()
+        .map(|&(i, j)| (pods[i].clone(), pods[j].clone(), *expected.get(i, j)))
+        .collect();
+    let results = lab.probe_many(&cells, via_service, col.port, col.protocol);
+    let mut grid = Grid::filled(pods, Observed::Skipped("loopback".into()));
+    for ((i, j), r) in pairs.into_iter().zip(&results) {
+        grid.set(i, j, observed_of(r));
+    }
+    grid
 }

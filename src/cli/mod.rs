@@ -63,7 +63,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<i32> {
     } else {
         args.only
     };
-    let results = crate::bench::run(&sections, args.quick);
+    let results = crate::bench::run(&sections, args.quick)?;
     match args.output {
         TextOrJson::Json => println!("{}", serde_json::to_string_pretty(&results)?),
         TextOrJson::Text => {

@@ -259,11 +259,44 @@ impl EnforcedLab {
         self.guard.into_inner()
     }
 
+    /// Many probes at once (a blocked probe waits for its timeout, so probing in parallel is
+    /// what keeps a full matrix quick). `cells` are (from, to, expected); results in order.
+    pub fn probe_many(
+        &self,
+        cells: &[(ObjectName, ObjectName, bool)],
+        via_service: bool,
+        port: u16,
+        protocol: Protocol,
+    ) -> Vec<ProbeResult> {
+        let results: Vec<std::sync::Mutex<Option<ProbeResult>>> =
+            cells.iter().map(|_| std::sync::Mutex::new(None)).collect();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..PARALLEL_PROBES.min(cells.len()) {
+                s.spawn(|| loop {
+                    let k = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some((from, to, expected)) = cells.get(k) else {
+                        break;
+                    };
+                    let r = self.probe(from, to, via_service, port, protocol, *expected);
+                    *results[k].lock().unwrap() = Some(r);
+                });
+            }
+        });
+        results
+            .into_iter()
+            .map(|m| m.into_inner().unwrap().expect("every cell probed"))
+            .collect()
+    }
+
     /// Removes every rule and the lab itself.
     pub fn down(self) -> Result<()> {
         self.guard.down()
     }
 }
+
+/// Probes in flight at once.
+const PARALLEL_PROBES: usize = 32;
 
 /// Short, like the upstream suite's: a dropped TCP SYN or unanswered UDP datagram costs this.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(800);

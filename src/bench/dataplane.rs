@@ -1,0 +1,181 @@
+//! Control-plane cost: full compile + apply for one node's pods in a large cluster, and the
+//! cost of one pod event (elements changed, apply time), at growing cluster sizes.
+
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::{median, percentile, Measurement};
+use crate::compile::{compile, Attach, CompileInput};
+use crate::dataplane::Dataplane;
+use crate::nft::{Nft, NftDataplane};
+use crate::policy::model::ObjectName;
+use crate::synth::{generate, node_name, Rng, SynthParams};
+
+/// A network namespace for the bench, removed on drop.
+struct Scratch(String);
+
+impl Scratch {
+    fn new() -> anyhow::Result<Scratch> {
+        let name = format!("slbench-{}", std::process::id());
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()?
+            .success();
+        anyhow::ensure!(
+            ok,
+            "cannot create a network namespace (the bench needs root)"
+        );
+        Ok(Scratch(name))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+const LOCAL_PODS: usize = 110;
+
+fn compile_node(
+    cluster: &crate::policy::Cluster,
+    node: &str,
+    attachments: &std::collections::BTreeMap<ObjectName, crate::compile::Attachment>,
+) -> crate::compile::NodeRuleset {
+    compile(&CompileInput {
+        cluster,
+        node,
+        attach: Attach::Routed,
+        attachments,
+    })
+}
+
+pub fn run(quick: bool) -> anyhow::Result<Vec<Measurement>> {
+    let scales: &[(usize, usize)] = if quick {
+        &[(1_000, 100), (10_000, 1_000)]
+    } else {
+        &[(1_000, 100), (10_000, 1_000), (150_000, 10_000)]
+    };
+    let events = if quick { 200 } else { 1_000 };
+    let mut out = Vec::new();
+    let empty = std::collections::BTreeMap::new();
+    for &(pods, policies) in scales {
+        let params = SynthParams {
+            pods,
+            policies,
+            namespaces: (pods / 15).clamp(1, 10_000),
+            nodes: pods.div_ceil(LOCAL_PODS),
+            seed: 7,
+            unique_pod_labels: false,
+        };
+        let t = Instant::now();
+        let mut cluster = generate(&params);
+        let gen_s = t.elapsed().as_secs_f64();
+        let node = node_name(0);
+        let t = Instant::now();
+        let mut rs = compile_node(&cluster, &node, &empty);
+        let compile_s = t.elapsed().as_secs_f64();
+        let scratch = Scratch::new()?;
+        let mut dp = NftDataplane::new(Nft::in_netns(&scratch.0));
+        let t = Instant::now();
+        dp.apply_full(&rs)?;
+        let apply_s = t.elapsed().as_secs_f64();
+        let rules: usize = rs.tables.iter().map(|t| t.rule_count()).sum();
+        let elements: usize = rs.tables.iter().map(|t| t.element_count()).sum();
+        let p = json!({"pods": pods, "policies": policies, "namespaces": params.namespaces, "localPods": rs.pods.len()});
+        out.push(Measurement {
+            section: "dataplane".into(),
+            name: format!(
+                "full compile, {pods} pods / {policies} policies, {} local pods",
+                rs.pods.len()
+            ),
+            params: p.clone(),
+            value: compile_s,
+            unit: "s".into(),
+            notes: json!({"rules": rules, "elements": elements, "generateSeconds": gen_s}),
+        });
+        out.push(Measurement {
+            section: "dataplane".into(),
+            name: format!("full apply (nft, one transaction), {pods} pods / {policies} policies"),
+            params: p.clone(),
+            value: apply_s,
+            unit: "s".into(),
+            notes: json!({"rules": rules, "elements": elements}),
+        });
+        // Pod events, half of them on the measured node: a new pod joins (labels that
+        // policies select: tier and app of its namespace), or an existing pod changes tier.
+        let mut rng = Rng::new(11);
+        let names: Vec<ObjectName> = cluster.pods.keys().cloned().collect();
+        let local: Vec<ObjectName> = cluster
+            .pods
+            .values()
+            .filter(|p| p.node.as_deref() == Some(node.as_str()))
+            .map(|p| p.object_name())
+            .collect();
+        let (mut compile_t, mut apply_t, mut changed, mut chains) =
+            (vec![], vec![], vec![], vec![]);
+        for i in 0..events {
+            let template = if i % 2 == 0 {
+                &local[rng.below(local.len())]
+            } else {
+                &names[rng.below(names.len())]
+            };
+            let mut pod = cluster.pods[template].clone();
+            let tier = ["web", "backend", "data"][rng.below(3)];
+            pod.labels.insert("tier".into(), tier.into());
+            if i % 4 < 2 {
+                // A new pod next to the template, with a fresh address.
+                pod.name = format!("event-{i}");
+                pod.ips = vec![std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+                    100,
+                    64,
+                    (i / 250) as u8,
+                    (i % 250) as u8 + 1,
+                ))];
+            }
+            cluster.upsert_pod(pod);
+            let t = Instant::now();
+            let next = compile_node(&cluster, &node, &empty);
+            compile_t.push(t.elapsed().as_secs_f64() * 1e3);
+            let report = dp.apply_delta(&rs, &next)?;
+            apply_t.push(report.seconds * 1e3);
+            let stats = report.stats.unwrap_or_default();
+            changed.push(stats.elements_changed() as f64);
+            chains.push(stats.chains_touched() as f64);
+            rs = next;
+        }
+        let status = dp.status(&rs)?;
+        anyhow::ensure!(
+            status.in_sync,
+            "after {events} deltas the kernel drifted: {:?}",
+            status.differences
+        );
+        out.push(Measurement {
+            section: "dataplane".into(),
+            name: format!(
+                "pod event (add or relabel) -> kernel, {pods} pods / {policies} policies"
+            ),
+            params: json!({"pods": pods, "policies": policies, "events": events}),
+            value: percentile(&apply_t, 0.99),
+            unit: "ms (p99 apply)".into(),
+            notes: json!({
+                "applyP50Ms": percentile(&apply_t, 0.5),
+                "compileP50Ms": percentile(&compile_t, 0.5),
+                "compileP99Ms": percentile(&compile_t, 0.99),
+                "elementsChangedP50": percentile(&changed, 0.5),
+                "elementsChangedMax": percentile(&changed, 1.0),
+                "chainsTouchedP50": percentile(&chains, 0.5),
+                "chainsTouchedMax": percentile(&chains, 1.0),
+                "medianElementsChanged": median(changed.clone()),
+            }),
+        });
+    }
+    Ok(out)
+}

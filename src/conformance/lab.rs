@@ -1,0 +1,123 @@
+//! The real backend: the lab's pods in network namespaces, nftables enforcing on every node,
+//! probes over real TCP and UDP.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::Result;
+
+use super::backend::{AttachMode, Enforcer, Observed, ProbeCell};
+use crate::lab::enforce::EnforcedLab;
+use crate::lab::ProbeResult;
+use crate::policy::{Cluster, ObjectName, Protocol};
+
+static LABS: AtomicUsize = AtomicUsize::new(0);
+
+pub struct LabEnforcer {
+    nodes: usize,
+    attach: AttachMode,
+    lab: Option<EnforcedLab>,
+}
+
+impl LabEnforcer {
+    pub fn new(nodes: usize, attach: AttachMode) -> LabEnforcer {
+        LabEnforcer {
+            nodes,
+            attach,
+            lab: None,
+        }
+    }
+}
+
+/// A probe result as a truth-table cell. A probe that could not run at all (a broken lab) is
+/// reported and taken as a mismatch by the caller, never as a pass.
+pub fn observed_of(r: &ProbeResult) -> Observed {
+    match r {
+        ProbeResult::Connected { .. } => Observed::Allowed,
+        ProbeResult::Blocked { .. } => Observed::Blocked,
+        ProbeResult::Skipped { reason } => Observed::Skipped(reason.clone()),
+        ProbeResult::Error { detail } => {
+            eprintln!("sluice: probe could not run: {detail}");
+            Observed::Skipped(format!("probe error: {detail}"))
+        }
+    }
+}
+
+/// Like [`observed_of`], but an error counts against the expectation so the case fails.
+fn judged(r: &ProbeResult, expected: bool) -> Observed {
+    match r {
+        ProbeResult::Error { .. } => {
+            let _ = observed_of(r);
+            if expected {
+                Observed::Blocked
+            } else {
+                Observed::Allowed
+            }
+        }
+        other => observed_of(other),
+    }
+}
+
+impl Enforcer for LabEnforcer {
+    fn name(&self) -> String {
+        format!("lab ({}, {} nodes, nftables)", self.attach, self.nodes)
+    }
+
+    fn sync(&mut self, desired: &mut Cluster) -> Result<()> {
+        if self.lab.is_none() {
+            let n = LABS.fetch_add(1, Ordering::SeqCst);
+            let name = format!("cf{}x{n}", std::process::id() % 100_000);
+            self.lab = Some(EnforcedLab::up(&name, self.nodes, self.attach)?);
+        }
+        self.lab.as_mut().expect("just made").sync(desired)?;
+        Ok(())
+    }
+
+    fn probe(
+        &mut self,
+        from: &ObjectName,
+        to: &ObjectName,
+        port: u16,
+        protocol: Protocol,
+        expected: bool,
+    ) -> Observed {
+        match &self.lab {
+            Some(lab) => judged(
+                &lab.probe(from, to, false, port, protocol, expected),
+                expected,
+            ),
+            None => Observed::Skipped("the lab is not up".into()),
+        }
+    }
+
+    fn probe_all(&mut self, cells: &[ProbeCell], port: u16, protocol: Protocol) -> Vec<Observed> {
+        let Some(lab) = &self.lab else {
+            return cells
+                .iter()
+                .map(|_| Observed::Skipped("the lab is not up".into()))
+                .collect();
+        };
+        let list: Vec<(ObjectName, ObjectName, bool)> = cells
+            .iter()
+            .map(|c| (c.from.clone(), c.to.clone(), c.expected))
+            .collect();
+        lab.probe_many(&list, false, port, protocol)
+            .iter()
+            .zip(cells)
+            .map(|(r, c)| judged(r, c.expected))
+            .collect()
+    }
+
+    fn teardown(&mut self) {
+        if let Some(lab) = self.lab.take() {
+            if let Err(e) = lab.down() {
+                eprintln!("sluice: lab teardown: {e:#}");
+            }
+        }
+    }
+}
+
+impl Drop for LabEnforcer {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}

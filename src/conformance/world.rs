@@ -1,0 +1,288 @@
+//! The desired state a case builds up step by step: a `policy::Cluster` plus what the runner
+//! must remember that the cluster does not hold (last addresses of deleted pods, the policy
+//! manifests as applied, the round-robin position).
+//!
+//! Actions are checked the way an API server would check them: creating a policy that exists,
+//! deleting one that does not, or a policy the API would reject is an error of the case.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use serde_json::Value;
+
+use super::case::{
+    parse_pod_name, substitute, substitute_value, Action, LabelChanges, PodSpec, Topology,
+};
+use super::topology;
+use crate::policy::model::{ObjectName, NAMESPACE_NAME_LABEL};
+use crate::policy::networkpolicy;
+use crate::policy::Cluster;
+
+#[derive(Debug, Clone)]
+pub struct World {
+    /// What the backend is asked to make real. After `Enforcer::sync` every pod has its IPs.
+    pub cluster: Cluster,
+    /// The policy manifests as applied (placeholders substituted), for reproductions.
+    pub policy_manifests: BTreeMap<ObjectName, Value>,
+    /// Addresses of pods that were deleted, for `${ip:..}` of a deleted pod.
+    last_ips: BTreeMap<ObjectName, Vec<IpAddr>>,
+    nodes: usize,
+    /// Round-robin position of the next pod without a pinned node.
+    next_index: usize,
+}
+
+impl World {
+    /// The topology's namespaces and pods: pod `i` of the sorted list on node `i % nodes`
+    /// unless pinned. `nodes` must be at least the case's `nodes_needed`.
+    pub fn new(t: &Topology, nodes: usize) -> Result<World, String> {
+        let nodes = nodes.max(1);
+        let t = topology::expand(t);
+        let mut cluster = Cluster::default();
+        for (name, spec) in &t.namespaces {
+            cluster.upsert_namespace(topology::namespace(name, spec)?);
+        }
+        let mut specs: Vec<(ObjectName, &PodSpec)> = t
+            .pods
+            .iter()
+            .map(|p| parse_pod_name(&p.pod).map(|n| (n, p)))
+            .collect::<Result<_, _>>()?;
+        specs.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut world = World {
+            cluster,
+            policy_manifests: BTreeMap::new(),
+            last_ips: BTreeMap::new(),
+            nodes,
+            next_index: 0,
+        };
+        for (name, spec) in specs {
+            if world.cluster.pods.contains_key(&name) {
+                return Err(format!("topology lists pod {name} twice"));
+            }
+            world.add_pod(spec)?;
+        }
+        Ok(world)
+    }
+
+    /// A pod's current address, or the last address of a deleted pod.
+    pub fn ip_of(&self, name: &ObjectName) -> Option<IpAddr> {
+        match self.cluster.pod(name) {
+            Some(p) => p.ips.first().copied(),
+            None => self.last_ips.get(name).and_then(|ips| ips.first().copied()),
+        }
+    }
+
+    /// Pods that exist now, sorted: the rows and columns of every table.
+    pub fn pod_names(&self) -> Vec<ObjectName> {
+        self.cluster.pods.keys().cloned().collect()
+    }
+
+    pub fn apply(&mut self, action: &Action) -> Result<(), String> {
+        match action {
+            Action::Create(m) => self.put_policy(m, false),
+            Action::Update(m) => self.put_policy(m, true),
+            Action::Delete(r) => {
+                let name = ObjectName::new(&r.namespace, &r.name);
+                self.cluster
+                    .remove_policy(&name)
+                    .ok_or_else(|| format!("there is no policy {name} to delete"))?;
+                self.policy_manifests.remove(&name);
+                Ok(())
+            }
+            Action::DeleteAllPolicies(ns) => {
+                self.require_namespace(ns)?;
+                self.cluster.policies.retain(|k, _| &k.namespace != ns);
+                self.policy_manifests.retain(|k, _| &k.namespace != ns);
+                Ok(())
+            }
+            Action::LabelNamespace(l) => {
+                let ns = self
+                    .cluster
+                    .namespaces
+                    .get_mut(&l.name)
+                    .ok_or_else(|| format!("there is no namespace {}", l.name))?;
+                if l.labels.contains_key(NAMESPACE_NAME_LABEL) {
+                    // The API server owns this label and puts it back.
+                    return Err(format!(
+                        "namespace {}: {NAMESPACE_NAME_LABEL} is set by the API server and cannot be changed",
+                        l.name
+                    ));
+                }
+                merge_labels(&mut ns.labels, &l.labels);
+                topology::check_labels(&format!("namespace {}", l.name), &ns.labels)
+            }
+            Action::LabelPod(l) => {
+                let name = parse_pod_name(&l.pod)?;
+                let pod = self
+                    .cluster
+                    .pods
+                    .get_mut(&name)
+                    .ok_or_else(|| format!("there is no pod {name} to label"))?;
+                merge_labels(&mut pod.labels, &l.labels);
+                topology::check_labels(&format!("pod {name}"), &pod.labels)
+            }
+            Action::CreatePod(spec) => {
+                let name = parse_pod_name(&spec.pod)?;
+                if self.cluster.pods.contains_key(&name) {
+                    return Err(format!("pod {name} already exists"));
+                }
+                self.add_pod(spec)
+            }
+            Action::DeletePod(p) => {
+                let name = parse_pod_name(p)?;
+                let pod = self
+                    .cluster
+                    .remove_pod(&name)
+                    .ok_or_else(|| format!("there is no pod {name} to delete"))?;
+                self.last_ips.insert(name, pod.ips);
+                Ok(())
+            }
+        }
+    }
+
+    fn require_namespace(&self, ns: &str) -> Result<(), String> {
+        if self.cluster.namespaces.contains_key(ns) {
+            Ok(())
+        } else {
+            Err(format!("there is no namespace {ns} in the topology"))
+        }
+    }
+
+    fn add_pod(&mut self, spec: &PodSpec) -> Result<(), String> {
+        let name = parse_pod_name(&spec.pod)?;
+        self.require_namespace(&name.namespace)?;
+        let index = self.next_index;
+        self.next_index += 1;
+        let node = spec.node.unwrap_or(index % self.nodes);
+        if node >= self.nodes {
+            return Err(format!(
+                "pod {name} is pinned to node {node}, and the lab has {} nodes",
+                self.nodes
+            ));
+        }
+        let ip = match &spec.ip {
+            None => None,
+            Some(text) => {
+                let text = substitute(text, &|n| self.ip_of(n))?;
+                Some(
+                    text.parse::<IpAddr>()
+                        .map_err(|_| format!("pod {name}: ip {text:?} is not an IP address"))?,
+                )
+            }
+        };
+        let pod = topology::pod(spec, node, ip)?;
+        self.last_ips.remove(&name);
+        self.cluster.upsert_pod(pod);
+        Ok(())
+    }
+
+    fn put_policy(&mut self, manifest: &Value, replace: bool) -> Result<(), String> {
+        let manifest = substitute_value(manifest, &|n| self.ip_of(n))?;
+        let kind = manifest["kind"].as_str().unwrap_or("");
+        if kind != "NetworkPolicy" {
+            return Err(format!(
+                "create/update takes a NetworkPolicy manifest, got kind {kind:?}"
+            ));
+        }
+        let np: NetworkPolicy = serde_json::from_value(manifest.clone())
+            .map_err(|e| format!("not a valid NetworkPolicy: {e}"))?;
+        let Some(ns) = np.metadata.namespace.clone() else {
+            return Err("the manifest has no metadata.namespace".into());
+        };
+        self.require_namespace(&ns)?;
+        let converted = networkpolicy::convert(&np, &ns);
+        let policy = converted.policy.map_err(|problems| {
+            let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+            format!("the API server would reject it: {}", list.join("; "))
+        })?;
+        let name = policy.object_name();
+        match (replace, self.cluster.policies.contains_key(&name)) {
+            (false, true) => return Err(format!("policy {name} already exists: use update")),
+            (true, false) => return Err(format!("there is no policy {name} to update")),
+            _ => {}
+        }
+        self.cluster.upsert_policy(policy);
+        self.policy_manifests.insert(name, manifest);
+        Ok(())
+    }
+}
+
+fn merge_labels(labels: &mut crate::policy::labels::Labels, changes: &LabelChanges) {
+    for (k, v) in changes {
+        match v {
+            Some(v) => {
+                labels.insert(k.clone(), v.clone());
+            }
+            None => {
+                labels.remove(k);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::case::{LabelPod, PolicyRef};
+
+    #[test]
+    fn default_pods_are_spread_round_robin() {
+        let w = World::new(&Topology::Default, 2).unwrap();
+        let nodes: Vec<String> = w
+            .cluster
+            .pods
+            .values()
+            .map(|p| p.node.clone().unwrap())
+            .collect();
+        assert_eq!(nodes[0], "node-0");
+        assert_eq!(nodes[1], "node-1");
+        assert_eq!(nodes[2], "node-0");
+        assert_eq!(w.cluster.namespaces["y"].labels[NAMESPACE_NAME_LABEL], "y");
+    }
+
+    #[test]
+    fn actions_are_checked_like_the_api_server_would() {
+        let mut w = World::new(&Topology::Default, 1).unwrap();
+        let np = serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "p", "namespace": "x"},
+            "spec": {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "${ip:x/b}/33"}}]}]}
+        });
+        // No IPs yet: the placeholder cannot be resolved.
+        assert!(w
+            .apply(&Action::Create(np.clone()))
+            .unwrap_err()
+            .contains("no address"));
+        w.cluster
+            .pods
+            .get_mut(&ObjectName::new("x", "b"))
+            .unwrap()
+            .ips = vec!["10.244.0.3".parse().unwrap()];
+        assert!(w.apply(&Action::Create(np)).unwrap_err().contains("reject"));
+        let ok = serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "p", "namespace": "x"}, "spec": {"podSelector": {}}
+        });
+        w.apply(&Action::Create(ok.clone())).unwrap();
+        assert!(w.apply(&Action::Create(ok.clone())).is_err());
+        w.apply(&Action::Update(ok)).unwrap();
+        let del = Action::Delete(PolicyRef {
+            namespace: "x".into(),
+            name: "p".into(),
+        });
+        w.apply(&del).unwrap();
+        assert!(w.apply(&del).is_err());
+        w.apply(&Action::LabelPod(LabelPod {
+            pod: "x/a".into(),
+            labels: LabelChanges::from([("pod".into(), None), ("r".into(), Some("1".into()))]),
+        }))
+        .unwrap();
+        let a = &w.cluster.pods[&ObjectName::new("x", "a")];
+        assert_eq!(a.labels.len(), 1);
+        w.apply(&Action::DeletePod("x/b".into())).unwrap();
+        assert_eq!(
+            w.ip_of(&ObjectName::new("x", "b")),
+            Some("10.244.0.3".parse().unwrap())
+        );
+    }
+}
