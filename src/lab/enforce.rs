@@ -296,7 +296,7 @@ impl EnforcedLab {
 }
 
 /// Probes in flight at once.
-const PARALLEL_PROBES: usize = 32;
+const PARALLEL_PROBES: usize = 96;
 
 /// Short, like the upstream suite's: a dropped TCP SYN or unanswered UDP datagram costs this.
-pub const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
