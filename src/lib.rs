@@ -6,7 +6,10 @@
 pub mod bench;
 pub mod cli;
 pub mod compile;
+pub mod conformance;
+pub mod dataplane;
 pub mod lab;
 pub mod manifests;
+pub mod nft;
 pub mod policy;
 pub mod synth;
