@@ -5,6 +5,7 @@
 
 mod dataplane;
 mod matrix;
+mod netperf;
 
 use serde::Serialize;
 
@@ -24,6 +25,7 @@ pub struct Measurement {
 pub enum Section {
     Matrix,
     Dataplane,
+    Netperf,
 }
 
 pub fn run(sections: &[Section], quick: bool) -> anyhow::Result<Vec<Measurement>> {
@@ -32,6 +34,7 @@ pub fn run(sections: &[Section], quick: bool) -> anyhow::Result<Vec<Measurement>
         match s {
             Section::Matrix => out.extend(matrix::run(quick)),
             Section::Dataplane => out.extend(dataplane::run(quick)?),
+            Section::Netperf => out.extend(netperf::run(quick)?),
         }
     }
     Ok(out)

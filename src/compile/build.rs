@@ -1,9 +1,9 @@
 //! Cluster snapshot + node -> [`NodeRuleset`]. Pure and deterministic.
 //!
 //! Shape (see docs/dataplane.md): base chains per direction dispatch a local pod's packets
-//! through a verdict map to its pod chain; the pod chain jumps to one chain per isolating
-//! policy and ends in drop; policy chains accept on the first matching rule. Peers are sets,
-//! so pod churn is set-element churn, not rule churn.
+//! through a verdict map to its pod chain; the pod chain jumps to the chain of its isolating
+//! policies (shared by pods with the same policies, see [`super::profile`]) and ends in drop.
+//! Peers are sets, so pod churn is set-element churn, not rule churn.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -12,10 +12,9 @@ use ipnet::IpNet;
 
 use super::ir::*;
 use super::names;
-use crate::policy::model::{
-    Cluster, Direction, NamespaceScope, ObjectName, Peer, Pod, Policy, Rule as PolicyRule,
-};
-use crate::policy::ports::{PortRef, Protocol};
+use super::profile::{add_profile_chain, dir_name, peer_side, ProfileInput};
+use super::select::PodIndex;
+use crate::policy::model::{Cluster, Direction, ObjectName, Peer, Pod, Policy};
 
 /// Table names: one inet table for filtering, one bridge table for anti-spoofing.
 pub const TABLE: &str = "sluice";
@@ -41,21 +40,6 @@ pub struct CompileInput<'a> {
 const EGRESS_PRIORITY: i32 = -10;
 const INGRESS_PRIORITY: i32 = -5;
 
-fn dir_name(d: Direction) -> &'static str {
-    match d {
-        Direction::Ingress => "ingress",
-        Direction::Egress => "egress",
-    }
-}
-
-/// The side of the packet where the peer is: the source for ingress, the destination for egress.
-fn peer_side(d: Direction) -> Side {
-    match d {
-        Direction::Ingress => Side::Src,
-        Direction::Egress => Side::Dst,
-    }
-}
-
 fn dispatch_map(d: Direction, family: Option<Family>) -> String {
     match family {
         None => format!("{}_dispatch", dir_name(d)),
@@ -76,7 +60,7 @@ pub fn compile(input: &CompileInput) -> NodeRuleset {
         .filter(|p| p.node.as_deref() == Some(input.node) && !p.host_network)
         .collect();
 
-    let mut needed_policies: BTreeMap<(ObjectName, Direction), &Policy> = BTreeMap::new();
+    let index = PodIndex::new(cluster);
     let mut pods_out = Vec::new();
     let mut bridge = Table::new(TableFamily::Bridge, TABLE);
     if input.attach == Attach::Bridged {
@@ -121,11 +105,18 @@ pub fn compile(input: &CompileInput) -> NodeRuleset {
                     iso.push(Isolation::Open);
                     continue;
                 }
-                for p in &policies {
-                    needed_policies.insert((p.object_name(), dir), p);
-                }
+                let profile = add_profile_chain(
+                    &mut inet,
+                    &ProfileInput {
+                        index: &index,
+                        policies: &policies,
+                        dir,
+                        local: &local,
+                        families: &families,
+                    },
+                );
                 inet.chains
-                    .insert(chain.clone(), pod_chain(pod, dir, &policies));
+                    .insert(chain.clone(), pod_chain(pod, dir, &policies, &profile));
                 Isolation::Isolated {
                     chain: chain.clone(),
                     policies: policies
@@ -167,10 +158,6 @@ pub fn compile(input: &CompileInput) -> NodeRuleset {
             ingress,
             egress,
         });
-    }
-
-    for ((_, dir), policy) in &needed_policies {
-        add_policy_chain(&mut inet, cluster, policy, *dir, &local, &families);
     }
 
     let mut tables = vec![inet];
@@ -320,9 +307,9 @@ fn add_base_chains(t: &mut Table, attach: Attach, families: &[Family]) {
     }
 }
 
-/// `pod_<ns>_<name>_<dir>`: invalid packets dropped, the pod may reach itself, then each
-/// isolating policy's chain, then drop.
-fn pod_chain(pod: &Pod, dir: Direction, policies: &[&Policy]) -> Chain {
+/// `pod_<ns>_<name>_<dir>`: invalid packets dropped, the pod may reach itself, then the
+/// chain of its isolating policies, then drop.
+fn pod_chain(pod: &Pod, dir: Direction, policies: &[&Policy], profile: &str) -> Chain {
     let name = pod.object_name();
     let mut rules = vec![Rule {
         matches: vec![Match::CtState(vec!["invalid"])],
@@ -340,13 +327,11 @@ fn pod_chain(pod: &Pod, dir: Direction, policies: &[&Policy]) -> Chain {
             comment: Some(format!("{name} to itself")),
         });
     }
-    for p in policies {
-        rules.push(Rule {
-            matches: vec![],
-            verdict: Verdict::Jump(names::policy_chain(&p.namespace, &p.name, dir_name(dir))),
-            comment: None,
-        });
-    }
+    rules.push(Rule {
+        matches: vec![],
+        verdict: Verdict::Jump(profile.to_string()),
+        comment: None,
+    });
     let by: Vec<String> = policies
         .iter()
         .map(|p| p.object_name().to_string())
@@ -361,333 +346,6 @@ fn pod_chain(pod: &Pod, dir: Direction, policies: &[&Policy]) -> Chain {
         rules,
         comment: None,
     }
-}
-
-/// Pods a pod peer list matches, for the peer set.
-fn pod_peer_matches(cluster: &Cluster, policy_ns: &str, rule: &PolicyRule, pod: &Pod) -> bool {
-    rule.peers.iter().any(|peer| match peer {
-        Peer::Pods { namespaces, pods } => {
-            cluster.pod_peer_matches(policy_ns, namespaces, pods, pod)
-        }
-        Peer::IpBlock(_) => false,
-    })
-}
-
-/// A canonical description of a rule's pod peers, with the policy namespace made explicit,
-/// so equal peer lists of different policies share a set.
-fn pod_peers_key(policy_ns: &str, rule: &PolicyRule) -> Option<String> {
-    let parts: Vec<String> = rule
-        .peers
-        .iter()
-        .filter_map(|peer| match peer {
-            Peer::Pods { namespaces, pods } => Some(match namespaces {
-                NamespaceScope::PolicyNamespace => {
-                    format!("namespace {policy_ns}, podSelector {pods}")
-                }
-                NamespaceScope::Selected(ns) => {
-                    format!("namespaceSelector {ns}, podSelector {pods}")
-                }
-            }),
-            Peer::IpBlock(_) => None,
-        })
-        .collect();
-    (!parts.is_empty()).then(|| parts.join(" | "))
-}
-
-fn add_policy_chain(
-    t: &mut Table,
-    cluster: &Cluster,
-    policy: &Policy,
-    dir: Direction,
-    local: &[&Pod],
-    families: &[Family],
-) {
-    let chain_name = names::policy_chain(&policy.namespace, &policy.name, dir_name(dir));
-    let pname = policy.object_name();
-    let rules = policy.rules(dir).unwrap_or_default();
-    let mut out = Vec::new();
-    for (r, rule) in rules.iter().enumerate() {
-        let comment = format!("{pname} {dir} rule {r}");
-        let mut push = |matches: Vec<Match>| {
-            out.push(Rule {
-                matches,
-                verdict: Verdict::Accept,
-                comment: Some(comment.clone()),
-            })
-        };
-        let numeric = numeric_port_alts(rule);
-        if rule.peers.is_empty() {
-            // No peers: the numeric part is the same in every family.
-            for alt in &numeric {
-                push(alt.clone());
-            }
-            for &family in families {
-                if let Some(named) =
-                    named_port_match(t, cluster, policy, dir, r, rule, local, family)
-                {
-                    push(vec![named]);
-                }
-            }
-            continue;
-        }
-        let has_named = rule
-            .ports
-            .iter()
-            .any(|p| matches!(p.port, Some(PortRef::Name(_))));
-        // Egress named ports carry their peers in the set; pod peer sets are only needed
-        // for numeric ports and for ingress named ports.
-        let needs_peer_sets = !numeric.is_empty() || (dir == Direction::Ingress && has_named);
-        for &family in families {
-            let peers = if needs_peer_sets {
-                match peer_matches(t, cluster, policy, dir, rule, family) {
-                    Some(p) => p,
-                    None => continue,
-                }
-            } else {
-                vec![]
-            };
-            for peer in &peers {
-                for alt in &numeric {
-                    push(peer.iter().chain(alt.iter()).cloned().collect());
-                }
-            }
-            match (
-                dir,
-                named_port_match(t, cluster, policy, dir, r, rule, local, family),
-            ) {
-                (_, None) => {}
-                // Egress named-port sets list only the peers' own addresses: no peer match needed.
-                (Direction::Egress, Some(named)) => push(vec![named]),
-                (Direction::Ingress, Some(named)) => {
-                    for peer in &peers {
-                        push(peer.iter().cloned().chain([named.clone()]).collect());
-                    }
-                }
-            }
-        }
-    }
-    let comment = if rules.is_empty() {
-        format!("{pname}: no {dir} rules, allows nothing")
-    } else {
-        format!("{pname} {dir}")
-    };
-    t.chains.insert(
-        chain_name,
-        Chain {
-            base: None,
-            rules: out,
-            comment: Some(comment),
-        },
-    );
-}
-
-/// Alternatives for the peer part of a rule in one family: `[[]]` when the rule has no peers
-/// (everyone), one entry per set otherwise; None when no peer can match in this family.
-fn peer_matches(
-    t: &mut Table,
-    cluster: &Cluster,
-    policy: &Policy,
-    dir: Direction,
-    rule: &PolicyRule,
-    family: Family,
-) -> Option<Vec<Vec<Match>>> {
-    if rule.peers.is_empty() {
-        return Some(vec![vec![]]);
-    }
-    let side = peer_side(dir);
-    let mut alts = Vec::new();
-    if let Some(key) = pod_peers_key(&policy.namespace, rule) {
-        let set = names::content_set("pods", &key, family.suffix());
-        if !t.sets.contains_key(&set) {
-            let elements = cluster
-                .pods
-                .values()
-                .filter(|p| pod_peer_matches(cluster, &policy.namespace, rule, p))
-                .flat_map(|p| p.ips.iter())
-                .filter(|ip| Family::of(ip) == family)
-                .map(|ip| Element::Addr(*ip))
-                .collect();
-            t.sets.insert(
-                set.clone(),
-                Set {
-                    ty: SetType::Addr(family),
-                    elements,
-                    comment: Some(key),
-                },
-            );
-        }
-        alts.push(vec![Match::AddrInSet { family, side, set }]);
-    }
-    let blocks: Vec<&crate::policy::ipblock::IpBlock> = rule
-        .peers
-        .iter()
-        .filter_map(|p| match p {
-            Peer::IpBlock(b) if Family::of(&b.cidr.addr()) == family => Some(b),
-            _ => None,
-        })
-        .collect();
-    if !blocks.is_empty() {
-        let prefixes: Vec<IpNet> =
-            IpNet::aggregate(&blocks.iter().flat_map(|b| b.disjoint_prefixes()).collect());
-        let key: Vec<String> = blocks
-            .iter()
-            .map(|b| {
-                let ex: Vec<String> = b.except.iter().map(|e| e.to_string()).collect();
-                if ex.is_empty() {
-                    b.cidr.to_string()
-                } else {
-                    format!("{} except {}", b.cidr, ex.join(" "))
-                }
-            })
-            .collect();
-        let key = key.join(" | ");
-        let set = names::content_set("cidrs", &key, family.suffix());
-        t.sets.entry(set.clone()).or_insert_with(|| Set {
-            ty: SetType::Prefixes(family),
-            elements: prefixes.into_iter().map(Element::Prefix).collect(),
-            comment: Some(format!("ipBlock {key}")),
-        });
-        alts.push(vec![Match::AddrInSet { family, side, set }]);
-    }
-    (!alts.is_empty()).then_some(alts)
-}
-
-/// Alternatives for the numeric port part of a rule: `[[]]` when the rule has no ports,
-/// otherwise per protocol a protocol match with its merged port ranges. Named ports are
-/// matched separately by [`named_port_match`]; a rule with only named ports has none here.
-fn numeric_port_alts(rule: &PolicyRule) -> Vec<Vec<Match>> {
-    if rule.ports.is_empty() {
-        return vec![vec![]];
-    }
-    let mut alts = Vec::new();
-    for proto in Protocol::ALL {
-        let clauses: Vec<_> = rule.ports.iter().filter(|p| p.protocol == proto).collect();
-        if clauses.iter().any(|c| c.port.is_none()) {
-            alts.push(vec![Match::L4Proto(proto)]);
-            continue;
-        }
-        let ranges: Vec<(u16, u16)> = merge_ranges(clauses.iter().filter_map(|c| match c.port {
-            Some(PortRef::Number(_)) => c.numeric_range(),
-            _ => None,
-        }));
-        if !ranges.is_empty() {
-            alts.push(vec![Match::L4Proto(proto), Match::DportIn(ranges)]);
-        }
-    }
-    alts
-}
-
-/// The named-port match of a rule in one family, declaring its set: named ports resolve on
-/// the destination, so for ingress the set lists the selected local pods' resolved ports,
-/// for egress every pod the rule's peers match with its resolved ports.
-#[allow(clippy::too_many_arguments)]
-fn named_port_match(
-    t: &mut Table,
-    cluster: &Cluster,
-    policy: &Policy,
-    dir: Direction,
-    r: usize,
-    rule: &PolicyRule,
-    local: &[&Pod],
-    family: Family,
-) -> Option<Match> {
-    let named: Vec<(&str, Protocol)> = rule
-        .ports
-        .iter()
-        .filter_map(|p| match &p.port {
-            Some(PortRef::Name(n)) => Some((n.as_str(), p.protocol)),
-            _ => None,
-        })
-        .collect();
-    if named.is_empty() {
-        return None;
-    }
-    let (set, targets, comment): (String, Vec<&Pod>, String) = match dir {
-        Direction::Ingress => (
-            names::object_name(&format!(
-                "np_{}_{}_ingress{r}_named_{}",
-                policy.namespace,
-                policy.name,
-                family.suffix()
-            )),
-            local
-                .iter()
-                .copied()
-                .filter(|p| policy.selects(p))
-                .collect(),
-            format!(
-                "{} ingress rule {r}: named ports on selected local pods",
-                policy.object_name()
-            ),
-        ),
-        Direction::Egress => {
-            let peer_key = rule_peer_key(&policy.namespace, rule);
-            let ports: Vec<String> = named.iter().map(|(n, p)| format!("{n}/{p}")).collect();
-            let ports = ports.join(", ");
-            (
-                names::content_set(
-                    "named",
-                    &format!("{peer_key} ports {ports}"),
-                    family.suffix(),
-                ),
-                cluster
-                    .pods
-                    .values()
-                    .filter(|p| egress_named_target(cluster, policy, rule, p))
-                    .collect(),
-                format!("named ports {ports} on pods of {peer_key}"),
-            )
-        }
-    };
-    if !t.sets.contains_key(&set) {
-        let mut elements = BTreeSet::new();
-        for pod in targets {
-            for (name, proto) in &named {
-                if let Some(port) = pod.resolve_named_port(name, *proto) {
-                    for ip in pod.ips.iter().filter(|ip| Family::of(ip) == family) {
-                        elements.insert(Element::NamedPort(*ip, *proto, port));
-                    }
-                }
-            }
-        }
-        t.sets.insert(
-            set.clone(),
-            Set {
-                ty: SetType::NamedPort(family),
-                elements,
-                comment: Some(comment),
-            },
-        );
-    }
-    Some(Match::NamedPortInSet { family, set })
-}
-
-/// Every peer of a rule, canonical (pod peers with the namespace explicit, and ipBlocks).
-fn rule_peer_key(policy_ns: &str, rule: &PolicyRule) -> String {
-    if rule.peers.is_empty() {
-        return "all peers".into();
-    }
-    let mut parts: Vec<String> = pod_peers_key(policy_ns, rule).into_iter().collect();
-    for p in &rule.peers {
-        if let Peer::IpBlock(b) = p {
-            parts.push(format!("ipBlock {} except {:?}", b.cidr, b.except));
-        }
-    }
-    parts.join(" | ")
-}
-
-/// Whether an egress named-port set must list `pod`: a peer of the rule matches it (a pod
-/// peer by selectors, an ipBlock by the pod's address), or the rule has no peers.
-fn egress_named_target(cluster: &Cluster, policy: &Policy, rule: &PolicyRule, pod: &Pod) -> bool {
-    if rule.peers.is_empty() {
-        return true;
-    }
-    rule.peers.iter().any(|peer| match peer {
-        Peer::Pods { namespaces, pods } => {
-            cluster.pod_peer_matches(&policy.namespace, namespaces, pods, pod)
-        }
-        Peer::IpBlock(b) => pod.ips.iter().any(|ip| b.contains(*ip)),
-    })
 }
 
 /// Sorts and merges overlapping or adjacent inclusive ranges (nft rejects overlaps).

@@ -302,3 +302,17 @@ impl NodeRuleset {
         self.tables.iter().find(|t| t.family == family)
     }
 }
+
+/// nftables keeps at most 128 bytes of a comment (and refuses longer ones): comments are
+/// clipped at a character boundary with an ellipsis marker.
+pub fn clip_comment(s: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 120;
+    if s.len() <= MAX {
+        return s.into();
+    }
+    let mut end = MAX - 4;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} ...", &s[..end]).into()
+}

@@ -3,6 +3,8 @@
 mod build;
 pub mod ir;
 pub mod names;
+mod profile;
+mod select;
 
 pub use build::{compile, merge_ranges, Attachment, CompileInput, TABLE};
 pub use ir::{Attach, NodeRuleset};

@@ -246,7 +246,10 @@ pub fn add_rule(t: &Table, chain: &str, r: &Rule) -> Value {
         expr: Cow::Owned(expr),
         handle: None,
         index: None,
-        comment: r.comment.clone().map(Cow::Owned),
+        comment: r
+            .comment
+            .as_deref()
+            .map(|c| Cow::Owned(clip_comment(c).into_owned())),
     })))
 }
 
@@ -310,7 +313,7 @@ pub fn add_set(t: &Table, name: &str, set: &Set, with_elements: bool) -> Value {
             "map": "verdict",
         });
         if let Some(c) = &set.comment {
-            obj["comment"] = json!(c);
+            obj["comment"] = json!(clip_comment(c));
         }
         if let Some(e) = elem {
             obj["elem"] = json!(e);
@@ -323,7 +326,10 @@ pub fn add_set(t: &Table, name: &str, set: &Set, with_elements: bool) -> Value {
         name: Cow::Owned(name.to_string()),
         set_type: key,
         flags: interval.then(|| HashSet::from([SetFlag::Interval])),
-        comment: set.comment.clone().map(Cow::Owned),
+        comment: set
+            .comment
+            .as_deref()
+            .map(|c| Cow::Owned(clip_comment(c).into_owned())),
         ..Default::default()
     };
     let mut v = cmd(NfCmd::Add(NfListObject::Set(Box::new(nf))));

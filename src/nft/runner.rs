@@ -75,8 +75,18 @@ impl Nft {
             } else {
                 ""
             };
+            // Keep what nft refused, so the failure can be reproduced with `nft -c -f FILE`.
+            let saved = (!stdin.is_empty())
+                .then(|| {
+                    let path = std::env::temp_dir()
+                        .join(format!("sluice-nft-rejected-{}.txt", std::process::id()));
+                    std::fs::write(&path, stdin).ok().map(|_| path)
+                })
+                .flatten()
+                .map(|p| format!("\n(the rejected input is saved in {})", p.display()))
+                .unwrap_or_default();
             bail!(
-                "nft {} failed{hint}; nothing was changed (the batch is atomic):\n{}",
+                "nft {} failed{hint}; nothing was changed (the batch is atomic):\n{}{saved}",
                 args.join(" "),
                 first.join("\n")
             );

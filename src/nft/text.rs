@@ -45,6 +45,11 @@ fn quote(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "'"))
 }
 
+/// A comment as nftables stores it (clipped).
+fn comment(s: &str) -> String {
+    quote(&clip_comment(s))
+}
+
 fn set_type(ty: SetType) -> (&'static str, Option<&'static str>, bool) {
     // (key type, map data type, interval)
     match ty {
@@ -94,7 +99,7 @@ fn render_set(s: &mut String, name: &str, set: &Set) {
         s.push_str("\t\tflags interval\n");
     }
     if let Some(c) = &set.comment {
-        let _ = writeln!(s, "\t\tcomment {}", quote(c));
+        let _ = writeln!(s, "\t\tcomment {}", comment(c));
     }
     if !set.elements.is_empty() {
         let items: Vec<String> = set.elements.iter().map(element).collect();
@@ -201,7 +206,7 @@ pub fn rule(r: &Rule) -> String {
     let mut parts: Vec<String> = r.matches.iter().map(match_text).collect();
     parts.push(verdict_text(&r.verdict));
     if let Some(c) = &r.comment {
-        parts.push(format!("comment {}", quote(c)));
+        parts.push(format!("comment {}", comment(c)));
     }
     parts.join(" ")
 }
