@@ -140,15 +140,17 @@ pub fn generate(p: &SynthParams) -> Cluster {
     }
     // Policies: cycle through shapes, one namespace at a time.
     for i in 0..p.policies {
-        let ns = ns_name(i % namespaces);
+        // Every namespace gets the shapes in turn, so small policy counts still mix them.
+        let ns_index = (i / 6) % namespaces;
+        let ns = ns_name(ns_index);
         let app = format!("app-{}", rng.below(apps_per_ns));
-        let shape = (i / namespaces) % 6;
+        let shape = i % 6;
         let (pod_selector, ingress, egress) = match shape {
             // Default deny: ingress everywhere, egress too in every fourth namespace.
             0 => (
                 Selector::default(),
                 Some(vec![]),
-                (i % namespaces).is_multiple_of(4).then(Vec::new),
+                ns_index.is_multiple_of(4).then(Vec::new),
             ),
             1 => (
                 Selector::default(),

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::{median, percentile, Measurement};
+use super::{percentile, Measurement};
 use crate::compile::{compile, Attach, CompileInput};
 use crate::dataplane::Dataplane;
 use crate::nft::{Nft, NftDataplane};
@@ -43,6 +43,31 @@ impl Drop for Scratch {
 }
 
 const LOCAL_PODS: usize = 110;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum EventKind {
+    PodAdded,
+    PodRelabelled,
+    NamespaceRelabelled,
+    PolicyChanged,
+}
+
+impl EventKind {
+    const ALL: [EventKind; 4] = [
+        EventKind::PodAdded,
+        EventKind::PodRelabelled,
+        EventKind::NamespaceRelabelled,
+        EventKind::PolicyChanged,
+    ];
+    fn name(self) -> &'static str {
+        match self {
+            EventKind::PodAdded => "pod added",
+            EventKind::PodRelabelled => "pod relabelled",
+            EventKind::NamespaceRelabelled => "namespace relabelled",
+            EventKind::PolicyChanged => "policy changed",
+        }
+    }
+}
 
 fn compile_node(
     cluster: &crate::policy::Cluster,
@@ -109,8 +134,8 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Measurement>> {
             unit: "s".into(),
             notes: json!({"rules": rules, "elements": elements}),
         });
-        // Pod events, half of them on the measured node: a new pod joins (labels that
-        // policies select: tier and app of its namespace), or an existing pod changes tier.
+        // Events of four kinds, each applied as a delta: half the pod events on the measured
+        // node (they change its own chains' sets), half elsewhere (peer sets only).
         let mut rng = Rng::new(11);
         let names: Vec<ObjectName> = cluster.pods.keys().cloned().collect();
         let local: Vec<ObjectName> = cluster
@@ -119,63 +144,94 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Measurement>> {
             .filter(|p| p.node.as_deref() == Some(node.as_str()))
             .map(|p| p.object_name())
             .collect();
-        let (mut compile_t, mut apply_t, mut changed, mut chains) =
-            (vec![], vec![], vec![], vec![]);
-        for i in 0..events {
-            let template = if i % 2 == 0 {
-                &local[rng.below(local.len())]
-            } else {
-                &names[rng.below(names.len())]
-            };
-            let mut pod = cluster.pods[template].clone();
-            let tier = ["web", "backend", "data"][rng.below(3)];
-            pod.labels.insert("tier".into(), tier.into());
-            if i % 4 < 2 {
-                // A new pod next to the template, with a fresh address.
-                pod.name = format!("event-{i}");
-                pod.ips = vec![std::net::IpAddr::V4(std::net::Ipv4Addr::new(
-                    100,
-                    64,
-                    (i / 250) as u8,
-                    (i % 250) as u8 + 1,
-                ))];
+        let namespaces: Vec<String> = cluster.namespaces.keys().cloned().collect();
+        let policy_names: Vec<ObjectName> = cluster.policies.keys().cloned().collect();
+        for kind in EventKind::ALL {
+            let (mut compile_t, mut apply_t, mut changed, mut chains) =
+                (vec![], vec![], vec![], vec![]);
+            for i in 0..events {
+                let template = if i % 2 == 0 {
+                    &local[rng.below(local.len())]
+                } else {
+                    &names[rng.below(names.len())]
+                };
+                match kind {
+                    EventKind::PodAdded | EventKind::PodRelabelled => {
+                        let mut pod = cluster.pods[template].clone();
+                        let tier = ["web", "backend", "data"][rng.below(3)];
+                        pod.labels.insert("tier".into(), tier.into());
+                        if kind == EventKind::PodAdded {
+                            pod.name = format!("event-{i}");
+                            pod.ips = vec![std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+                                100,
+                                64,
+                                (i / 250) as u8,
+                                (i % 250) as u8 + 1,
+                            ))];
+                        }
+                        cluster.upsert_pod(pod);
+                    }
+                    EventKind::NamespaceRelabelled => {
+                        let ns = &namespaces[rng.below(namespaces.len())];
+                        let env = ["prod", "dev"][rng.below(2)];
+                        if let Some(n) = cluster.namespaces.get_mut(ns) {
+                            n.labels.insert("env".into(), env.into());
+                        }
+                    }
+                    EventKind::PolicyChanged => {
+                        let name = &policy_names[rng.below(policy_names.len())];
+                        if let Some(mut p) = cluster.policies.get(name).cloned() {
+                            // Flip the first rule's first numeric port (or add port 8443).
+                            if let Some(rule) = p.ingress.as_mut().and_then(|r| r.first_mut()) {
+                                rule.ports = match rule.ports.first() {
+                                    Some(crate::policy::ports::PortRule {
+                                        port: Some(crate::policy::PortRef::Number(8443)),
+                                        ..
+                                    }) => vec![],
+                                    _ => vec![crate::policy::ports::PortRule {
+                                        protocol: crate::policy::Protocol::Tcp,
+                                        port: Some(crate::policy::PortRef::Number(8443)),
+                                        end_port: None,
+                                    }],
+                                };
+                            }
+                            cluster.upsert_policy(p);
+                        }
+                    }
+                }
+                let t = Instant::now();
+                let next = compile_node(&cluster, &node, &empty);
+                compile_t.push(t.elapsed().as_secs_f64() * 1e3);
+                let report = dp.apply_delta(&rs, &next)?;
+                apply_t.push(report.seconds * 1e3);
+                let stats = report.stats.unwrap_or_default();
+                changed.push(stats.elements_changed() as f64);
+                chains.push(stats.chains_touched() as f64);
+                rs = next;
             }
-            cluster.upsert_pod(pod);
-            let t = Instant::now();
-            let next = compile_node(&cluster, &node, &empty);
-            compile_t.push(t.elapsed().as_secs_f64() * 1e3);
-            let report = dp.apply_delta(&rs, &next)?;
-            apply_t.push(report.seconds * 1e3);
-            let stats = report.stats.unwrap_or_default();
-            changed.push(stats.elements_changed() as f64);
-            chains.push(stats.chains_touched() as f64);
-            rs = next;
+            let status = dp.status(&rs)?;
+            anyhow::ensure!(
+                status.in_sync,
+                "after {events} deltas the kernel drifted: {:?}",
+                status.differences
+            );
+            out.push(Measurement {
+                section: "dataplane".into(),
+                name: format!("{} -> kernel, {pods} pods / {policies} policies", kind.name()),
+                params: json!({"pods": pods, "policies": policies, "events": events, "event": kind.name()}),
+                value: percentile(&apply_t, 0.99),
+                unit: "ms (p99 apply)".into(),
+                notes: json!({
+                    "applyP50Ms": percentile(&apply_t, 0.5),
+                    "compileP50Ms": percentile(&compile_t, 0.5),
+                    "compileP99Ms": percentile(&compile_t, 0.99),
+                    "elementsChangedP50": percentile(&changed, 0.5),
+                    "elementsChangedP99": percentile(&changed, 0.99),
+                    "chainsTouchedP50": percentile(&chains, 0.5),
+                    "chainsTouchedP99": percentile(&chains, 0.99),
+                }),
+            });
         }
-        let status = dp.status(&rs)?;
-        anyhow::ensure!(
-            status.in_sync,
-            "after {events} deltas the kernel drifted: {:?}",
-            status.differences
-        );
-        out.push(Measurement {
-            section: "dataplane".into(),
-            name: format!(
-                "pod event (add or relabel) -> kernel, {pods} pods / {policies} policies"
-            ),
-            params: json!({"pods": pods, "policies": policies, "events": events}),
-            value: percentile(&apply_t, 0.99),
-            unit: "ms (p99 apply)".into(),
-            notes: json!({
-                "applyP50Ms": percentile(&apply_t, 0.5),
-                "compileP50Ms": percentile(&compile_t, 0.5),
-                "compileP99Ms": percentile(&compile_t, 0.99),
-                "elementsChangedP50": percentile(&changed, 0.5),
-                "elementsChangedMax": percentile(&changed, 1.0),
-                "chainsTouchedP50": percentile(&chains, 0.5),
-                "chainsTouchedMax": percentile(&chains, 1.0),
-                "medianElementsChanged": median(changed.clone()),
-            }),
-        });
     }
     Ok(out)
 }

@@ -5,6 +5,7 @@
 
 mod dataplane;
 mod matrix;
+pub mod memory;
 mod netperf;
 
 use serde::Serialize;
@@ -26,6 +27,7 @@ pub enum Section {
     Matrix,
     Dataplane,
     Netperf,
+    Memory,
 }
 
 pub fn run(sections: &[Section], quick: bool) -> anyhow::Result<Vec<Measurement>> {
@@ -35,6 +37,7 @@ pub fn run(sections: &[Section], quick: bool) -> anyhow::Result<Vec<Measurement>
             Section::Matrix => out.extend(matrix::run(quick)),
             Section::Dataplane => out.extend(dataplane::run(quick)?),
             Section::Netperf => out.extend(netperf::run(quick)?),
+            Section::Memory => out.extend(memory::run(quick)?),
         }
     }
     Ok(out)

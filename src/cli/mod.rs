@@ -54,9 +54,20 @@ struct BenchArgs {
     only: Vec<crate::bench::Section>,
     #[arg(long, value_enum, default_value = "text")]
     output: TextOrJson,
+    /// Internal: hold a synthetic snapshot of PODS,POLICIES and print peak memory.
+    #[arg(long, hide = true, value_name = "PODS,POLICIES")]
+    memory_child: Option<String>,
 }
 
 fn bench(args: BenchArgs) -> anyhow::Result<i32> {
+    if let Some(spec) = &args.memory_child {
+        let (pods, policies) = spec
+            .split_once(',')
+            .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+            .ok_or_else(|| BadInput("--memory-child PODS,POLICIES".into()))?;
+        crate::bench::memory::child(pods, policies);
+        return Ok(0);
+    }
     use clap::ValueEnum;
     let sections = if args.only.is_empty() {
         crate::bench::Section::value_variants().to_vec()
