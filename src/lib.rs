@@ -3,11 +3,15 @@
 //! Data flows one way: sources -> [`policy::Cluster`] snapshot -> `compile::NodeRuleset` -> kernel.
 //! `policy` and `compile` are pure (no I/O); kernel and API access live at the edges.
 
+pub mod agent;
 pub mod bench;
 pub mod cli;
 pub mod compile;
 pub mod conformance;
 pub mod dataplane;
+#[path = "ebpf-fallback/mod.rs"]
+pub mod ebpf;
+pub mod k8s;
 pub mod lab;
 pub mod manifests;
 pub mod nft;

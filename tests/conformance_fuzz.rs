@@ -14,6 +14,7 @@ fn backend(kind: BackendKind) -> Box<dyn Enforcer> {
         kind,
         nodes: 2,
         attach: AttachMode::Routed,
+        dataplane: sluice::dataplane::DataplaneKind::Nftables,
     })
     .unwrap()
 }

@@ -31,6 +31,8 @@ const STREAM_PORT: u16 = 5002;
 enum Variant {
     Baseline,
     Sluice,
+    /// The same ruleset enforced by the eBPF fallback (when this build has it).
+    SluiceEbpf,
     Linear,
 }
 
@@ -39,6 +41,7 @@ impl Variant {
         match self {
             Variant::Baseline => "baseline (no policy)",
             Variant::Sluice => "sluice",
+            Variant::SluiceEbpf => "sluice (eBPF fallback)",
             Variant::Linear => "linear (kube-router style)",
         }
     }
@@ -265,6 +268,17 @@ pub fn run(quick: bool) -> Result<Vec<Measurement>> {
         let node_ns = lab.lab().node_netns(0).to_string();
         let nft = Nft::in_netns(&node_ns);
         let mut dp = NftDataplane::new(nft.clone());
+        // The eBPF variant runs where the classifier is built in (clang at build time).
+        let mut ebpf = crate::ebpf::EbpfDataplane::in_netns(&node_ns).ok();
+        let variants: Vec<Variant> = [
+            Variant::Baseline,
+            Variant::Sluice,
+            Variant::SluiceEbpf,
+            Variant::Linear,
+        ]
+        .into_iter()
+        .filter(|v| *v != Variant::SluiceEbpf || ebpf.is_some())
+        .collect();
         let clear = |nft: &Nft| nft.apply_text("table inet linear\ndelete table inet linear\n");
         let mut out = Vec::new();
         for &n in counts {
@@ -277,13 +291,21 @@ pub fn run(quick: bool) -> Result<Vec<Measurement>> {
             let linear = linear_script(&c, &server.host_iface);
             let mut samples: Vec<(Variant, f64, f64)> = Vec::new();
             for _ in 0..reps {
-                for v in [Variant::Baseline, Variant::Sluice, Variant::Linear] {
+                for &v in &variants {
                     dp.remove()?;
+                    if let Some(e) = ebpf.as_mut() {
+                        e.remove()?;
+                    }
                     clear(&nft)?;
                     match v {
                         Variant::Baseline => {}
                         Variant::Sluice => {
                             dp.apply_full(&sluice_rs)?;
+                        }
+                        Variant::SluiceEbpf => {
+                            ebpf.as_mut()
+                                .expect("listed only when built")
+                                .apply_full(&sluice_rs)?;
                         }
                         Variant::Linear => nft.apply_text(&linear)?,
                     }
@@ -293,13 +315,16 @@ pub fn run(quick: bool) -> Result<Vec<Measurement>> {
                 }
             }
             dp.remove()?;
+            if let Some(e) = ebpf.as_mut() {
+                e.remove()?;
+            }
             clear(&nft)?;
             let med = |v: Variant, f: fn(&(Variant, f64, f64)) -> f64| {
                 median(samples.iter().filter(|s| s.0 == v).map(f).collect())
             };
             let base_cps = med(Variant::Baseline, |s| s.1);
             let base_gbps = med(Variant::Baseline, |s| s.2);
-            for v in [Variant::Baseline, Variant::Sluice, Variant::Linear] {
+            for &v in &variants {
                 let cps = med(v, |s| s.1);
                 let gbps = med(v, |s| s.2);
                 out.push(Measurement {

@@ -15,6 +15,7 @@ use crate::conformance::fuzz::{self, FuzzOptions};
 use crate::conformance::report::{self, Counts};
 use crate::conformance::runner::{run_case, ExpectFrom, Outcome, RunOptions};
 use crate::conformance::{load_cases, CaseResult};
+use crate::dataplane::DataplaneKind;
 
 #[derive(Args)]
 pub struct ConformanceArgs {
@@ -48,6 +49,14 @@ struct BackendArgs {
     /// Use the policy oracle instead of the lab and nftables (no kernel, no root).
     #[arg(long)]
     oracle_only: bool,
+    /// Go through a real kube-apiserver + etcd on loopback (built by scripts/build-apiserver):
+    /// policies, labels and pods are written with the API, and a sluice agent per lab node
+    /// enforces them.
+    #[arg(long, conflicts_with = "oracle_only")]
+    via_apiserver: bool,
+    /// What enforces in the lab: nftables, or the eBPF fallback (tc classifier + BPF maps).
+    #[arg(long, value_enum, default_value = "nftables")]
+    dataplane: DataplaneKind,
 }
 
 #[derive(Args)]
@@ -94,11 +103,14 @@ fn enforcer(b: &BackendArgs, oracle: BackendKind) -> anyhow::Result<Box<dyn Enfo
     let opts = BackendOptions {
         kind: if b.oracle_only {
             oracle
+        } else if b.via_apiserver {
+            BackendKind::Apiserver
         } else {
             BackendKind::Lab
         },
         nodes: b.nodes as usize,
         attach: b.attach,
+        dataplane: b.dataplane,
     };
     make_enforcer(&opts).map_err(|e| BadInput(format!("{e:#}")).into())
 }
@@ -149,6 +161,7 @@ fn run_fuzz(args: FuzzArgs) -> anyhow::Result<i32> {
     // Self-consistency without a kernel: the oracle's expectations against matrix::compute.
     let mut backend = enforcer(&args.backend, BackendKind::MatrixOracle)?;
     let oracle_only = args.backend.oracle_only;
+    let dataplane = args.backend.dataplane;
     let opts = FuzzOptions {
         cases: args.cases,
         seed: args.seed,
@@ -171,7 +184,11 @@ fn run_fuzz(args: FuzzArgs) -> anyhow::Result<i32> {
                 "    reproduce: sluice conformance run --cases {} --nodes {}{}",
                 dir.display(),
                 opts.nodes,
-                if oracle_only { " --oracle-only" } else { "" }
+                if oracle_only {
+                    " --oracle-only".to_string()
+                } else {
+                    format!(" --dataplane {dataplane}")
+                }
             );
         }
         if let Some(e) = &f.explain {

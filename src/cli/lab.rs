@@ -13,6 +13,7 @@ use super::{BadInput, ManifestArgs, TextOrJson};
 use crate::compile::Attach;
 use crate::conformance::backend::Observed;
 use crate::conformance::table::{self, Grid};
+use crate::dataplane::DataplaneKind;
 use crate::lab::enforce::EnforcedLab;
 use crate::lab::{self as labmod, Lab, ProbeResult};
 use crate::policy::matrix::{compute, PortProto};
@@ -103,6 +104,9 @@ pub struct RunArgs {
     protocols: Vec<Protocol>,
     #[arg(long, value_enum, default_value = "pod")]
     via: Via,
+    /// What enforces: nftables, or the eBPF fallback (tc classifier + BPF maps).
+    #[arg(long, value_enum, default_value = "nftables")]
+    dataplane: DataplaneKind,
     #[arg(long, value_enum, default_value = "text")]
     output: TextOrJson,
 }
@@ -289,7 +293,7 @@ fn run_all(a: RunArgs) -> Result<i32> {
         ));
     }
     let name = format!("run{}", std::process::id() % 100_000);
-    let mut lab = EnforcedLab::up(&name, a.shape.nodes, a.shape.attach)?;
+    let mut lab = EnforcedLab::up_with(&name, a.shape.nodes, a.shape.attach, a.dataplane)?;
     let probed: Vec<u16> = cols.iter().map(|c| c.port).collect();
     lab.serve_also(&probed);
     let outcome = (|| -> Result<(Vec<CellOut>, String)> {

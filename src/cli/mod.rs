@@ -1,5 +1,6 @@
 //! Command-line front end: argument parsing and output formatting only.
 
+mod agent;
 mod conformance;
 mod dataplane;
 mod explain;
@@ -42,6 +43,8 @@ enum Command {
     Bench(BenchArgs),
     /// Conformance cases and differential fuzzing against the oracle or the lab.
     Conformance(conformance::ConformanceArgs),
+    /// The node agent: watch the API and keep this node's rules current (see docs/agent.md).
+    Agent(agent::AgentArgs),
 }
 
 #[derive(Args)]
@@ -147,6 +150,7 @@ pub fn run() -> i32 {
         Command::Matrix(a) => matrix::run(a),
         Command::Bench(a) => bench(a),
         Command::Conformance(a) => conformance::run(a),
+        Command::Agent(a) => agent::run(a),
         Command::Compile(a) => dataplane::compile_cmd(a),
         Command::Lab(c) => lab::run(c),
         Command::Apply(a) => dataplane::apply_cmd(a),

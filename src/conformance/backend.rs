@@ -66,6 +66,9 @@ pub enum BackendKind {
     MatrixOracle,
     /// Pods in network namespaces on this machine, policies in nftables.
     Lab,
+    /// The lab's nodes run sluice agents fed by a real kube-apiserver + etcd on loopback;
+    /// the desired state is written through the API (`conformance run --via-apiserver`).
+    Apiserver,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +76,8 @@ pub struct BackendOptions {
     pub kind: BackendKind,
     pub nodes: usize,
     pub attach: AttachMode,
+    /// What enforces in the lab backend (nftables or eBPF).
+    pub dataplane: crate::dataplane::DataplaneKind,
 }
 
 /// The one place a backend is built. The lab backend plugs in here.
@@ -80,9 +85,17 @@ pub fn make_enforcer(opts: &BackendOptions) -> Result<Box<dyn Enforcer>> {
     match opts.kind {
         BackendKind::Oracle => Ok(Box::new(OracleEnforcer::new(Judge::Evaluate))),
         BackendKind::MatrixOracle => Ok(Box::new(OracleEnforcer::new(Judge::Matrix))),
-        BackendKind::Lab => Ok(Box::new(super::lab::LabEnforcer::new(
+        BackendKind::Apiserver => Ok(Box::new(super::apiserver::ApiserverEnforcer::new(
             opts.nodes,
             opts.attach,
         ))),
+        BackendKind::Lab => {
+            // Fail before any case runs when the dataplane cannot work here.
+            crate::dataplane::choose(opts.dataplane)?;
+            Ok(Box::new(
+                super::lab::LabEnforcer::new(opts.nodes, opts.attach)
+                    .with_dataplane(opts.dataplane),
+            ))
+        }
     }
 }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use anyhow::Result;
 
 use super::backend::{AttachMode, Enforcer, Observed, ProbeCell};
+use crate::dataplane::DataplaneKind;
 use crate::lab::enforce::EnforcedLab;
 use crate::lab::ProbeResult;
 use crate::policy::{Cluster, ObjectName, Protocol};
@@ -15,6 +16,7 @@ static LABS: AtomicUsize = AtomicUsize::new(0);
 pub struct LabEnforcer {
     nodes: usize,
     attach: AttachMode,
+    dataplane: DataplaneKind,
     lab: Option<EnforcedLab>,
 }
 
@@ -23,8 +25,15 @@ impl LabEnforcer {
         LabEnforcer {
             nodes,
             attach,
+            dataplane: DataplaneKind::Nftables,
             lab: None,
         }
+    }
+
+    /// Enforce with this dataplane (`nftables` unless told).
+    pub fn with_dataplane(mut self, kind: DataplaneKind) -> LabEnforcer {
+        self.dataplane = kind;
+        self
     }
 }
 
@@ -59,14 +68,22 @@ fn judged(r: &ProbeResult, expected: bool) -> Observed {
 
 impl Enforcer for LabEnforcer {
     fn name(&self) -> String {
-        format!("lab ({}, {} nodes, nftables)", self.attach, self.nodes)
+        format!(
+            "lab ({}, {} nodes, {})",
+            self.attach, self.nodes, self.dataplane
+        )
     }
 
     fn sync(&mut self, desired: &mut Cluster) -> Result<()> {
         if self.lab.is_none() {
             let n = LABS.fetch_add(1, Ordering::SeqCst);
             let name = format!("cf{}x{n}", std::process::id() % 100_000);
-            self.lab = Some(EnforcedLab::up(&name, self.nodes, self.attach)?);
+            self.lab = Some(EnforcedLab::up_with(
+                &name,
+                self.nodes,
+                self.attach,
+                self.dataplane,
+            )?);
         }
         self.lab.as_mut().expect("just made").sync(desired)?;
         Ok(())

@@ -11,6 +11,7 @@
 //! Hand-written cases carry expectations from the Kubernetes spec; generated cases take the
 //! oracle's, so running them against a real dataplane is oracle-vs-kernel differential testing.
 
+pub mod apiserver;
 pub mod backend;
 pub mod case;
 pub mod export;

@@ -10,8 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use super::{Attach, Lab, LabGuard, LabSpec, PodInfo, PodSpec, ProbeResult, Proto};
 use crate::compile::{compile, Attachment, CompileInput, NodeRuleset};
-use crate::dataplane::Dataplane;
-use crate::nft::{Nft, NftDataplane};
+use crate::dataplane::{self, Dataplane, DataplaneKind};
 use crate::policy::model::ObjectName;
 use crate::policy::{Cluster, Pod, Protocol};
 
@@ -26,6 +25,10 @@ fn node_index(name: &str) -> Option<usize> {
 
 /// A lab whose nodes are enforced by sluice.
 pub struct EnforcedLab {
+    /// One dataplane per node, made at the first sync. Declared before `guard` so they are
+    /// removed (programs detached) while the nodes' namespaces still exist.
+    dataplanes: std::sync::Mutex<Vec<Option<Box<dyn Dataplane + Send>>>>,
+    kind: DataplaneKind,
     pub guard: LabGuard,
     installed: Vec<Option<NodeRuleset>>,
     nodes: usize,
@@ -58,12 +61,61 @@ impl EnforcedLab {
         let mut guard = LabGuard::up(&spec)?;
         guard.serve()?;
         Ok(EnforcedLab {
+            dataplanes: std::sync::Mutex::new((0..nodes).map(|_| None).collect()),
+            kind: DataplaneKind::Nftables,
             guard,
             installed: vec![None; nodes],
             nodes,
             next_node: 0,
             extra_ports: vec![],
         })
+    }
+
+    /// Like [`EnforcedLab::up`], enforced by the given dataplane.
+    pub fn up_with(
+        name: &str,
+        nodes: usize,
+        attach: Attach,
+        kind: DataplaneKind,
+    ) -> Result<EnforcedLab> {
+        // Check the choice before building a lab for nothing.
+        let (kind, _) = dataplane::choose(kind)?;
+        EnforcedLab::up(name, nodes, attach)?.with_dataplane(kind)
+    }
+
+    /// Enforce with `kind` (`auto` resolved) from the next sync on; before the first sync.
+    pub fn with_dataplane(mut self, kind: DataplaneKind) -> Result<EnforcedLab> {
+        let (kind, _) = dataplane::choose(kind)?;
+        let made = self.dataplanes.get_mut().unwrap_or_else(|e| e.into_inner());
+        if made.iter().any(Option::is_some) {
+            bail!("the dataplane is chosen before the first sync");
+        }
+        self.kind = kind;
+        Ok(self)
+    }
+
+    /// The dataplane enforcing this lab (`nftables` or `ebpf`).
+    pub fn dataplane_kind(&self) -> DataplaneKind {
+        self.kind
+    }
+
+    /// Runs `f` on node `node`'s dataplane (made on first use).
+    pub fn with_node_dataplane<R>(
+        &self,
+        node: usize,
+        f: impl FnOnce(&mut (dyn Dataplane + Send)) -> Result<R>,
+    ) -> Result<R> {
+        let mut dps = self.dataplanes.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = dps
+            .get_mut(node)
+            .with_context(|| format!("no node {node} in the lab"))?;
+        if slot.is_none() {
+            *slot = Some(dataplane::make(
+                self.kind,
+                Some(self.lab().node_netns(node)),
+            )?);
+        }
+        f(slot.as_deref_mut().expect("just made"))
     }
 
     pub fn lab(&self) -> &Lab {
@@ -140,12 +192,13 @@ impl EnforcedLab {
         }
         for node in 0..self.nodes {
             let rs = self.ruleset(desired, node);
-            let mut dp = NftDataplane::new(Nft::in_netns(self.lab().node_netns(node)));
-            let report_one = match &self.installed[node] {
-                Some(old) => dp.apply_delta(old, &rs),
-                None => dp.apply_full(&rs),
-            }
-            .with_context(|| format!("enforcing on {}", node_name(node)))?;
+            let old = self.installed[node].as_ref();
+            let report_one = self
+                .with_node_dataplane(node, |dp| match old {
+                    Some(old) => dp.apply_delta(old, &rs),
+                    None => dp.apply_full(&rs),
+                })
+                .with_context(|| format!("enforcing on {} with {}", node_name(node), self.kind))?;
             if report_one.full {
                 report.full_applies += 1;
             } else {
@@ -240,6 +293,8 @@ impl EnforcedLab {
     pub fn adopt(lab: Lab) -> EnforcedLab {
         let nodes = lab.nodes().len();
         EnforcedLab {
+            dataplanes: std::sync::Mutex::new((0..nodes).map(|_| None).collect()),
+            kind: DataplaneKind::Nftables,
             guard: LabGuard::new(lab),
             installed: vec![None; nodes],
             nodes,
@@ -289,9 +344,28 @@ impl EnforcedLab {
             .collect()
     }
 
-    /// Removes every rule and the lab itself.
+    /// Removes every rule (and every attached program) and the lab itself.
     pub fn down(self) -> Result<()> {
-        self.guard.down()
+        let removed = self.remove_dataplanes();
+        let down = self.guard.down();
+        removed.and(down)
+    }
+
+    /// Removes what every node's dataplane installed (idempotent).
+    fn remove_dataplanes(&self) -> Result<()> {
+        let mut dps = self.dataplanes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut errors = Vec::new();
+        for (i, dp) in dps.iter_mut().enumerate() {
+            if let Some(mut dp) = dp.take() {
+                if let Err(e) = dp.remove() {
+                    errors.push(format!("{}: {e:#}", node_name(i)));
+                }
+            }
+        }
+        if !errors.is_empty() {
+            bail!("removing the dataplanes: {}", errors.join("; "));
+        }
+        Ok(())
     }
 }
 

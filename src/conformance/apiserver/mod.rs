@@ -1,0 +1,129 @@
+//! The conformance backend through a real API server: a kube-apiserver + etcd on loopback
+//! ([`crate::k8s::testenv`]), the lab's nodes, and one sluice agent per node enforcing what
+//! the API says. The runner's desired state is written to the API (namespaces, pods,
+//! NetworkPolicies); the lab plays the kubelet (it creates a pod's network namespace for every
+//! Pod bound to one of its nodes and writes `status.podIP` and `phase` back); the agents do
+//! the rest, exactly as on a real node. Probes are the lab's real connections.
+//!
+//! [`ApiCluster`] is the reusable part (the agent tests drive it directly, e.g. to stop the
+//! API server or SIGKILL an agent process); [`ApiserverEnforcer`] adapts it to the runner.
+//!
+//! - `cluster`: API server + lab + agents, writing the desired state with the API;
+//! - `kubelet`: the lab as the kubelet (pod namespaces, `status.podIP`, `phase`);
+//! - `converge`: when an agent has enforced exactly the desired state;
+//! - `external`: a `sluice agent` process per node (the SIGKILL test).
+
+mod cluster;
+mod converge;
+mod external;
+mod kubelet;
+
+pub use cluster::{AgentMode, AgentSlot, ApiCluster, ApiClusterOptions, CONVERGE, REQUESTED_IP};
+pub use external::{http_get, ExternalAgent};
+
+use anyhow::Result;
+
+use super::backend::{AttachMode, Enforcer, Observed, ProbeCell};
+use super::lab::observed_of;
+use crate::lab::ProbeResult;
+use crate::policy::{Cluster, ObjectName, Protocol};
+
+/// The runner's backend: one API server, lab and agent set for the whole run; every case
+/// starts from empty (its objects are deleted at teardown).
+pub struct ApiserverEnforcer {
+    nodes: usize,
+    attach: AttachMode,
+    cluster: Option<ApiCluster>,
+}
+
+impl ApiserverEnforcer {
+    pub fn new(nodes: usize, attach: AttachMode) -> ApiserverEnforcer {
+        ApiserverEnforcer {
+            nodes,
+            attach,
+            cluster: None,
+        }
+    }
+
+    pub fn cluster(&self) -> Option<&ApiCluster> {
+        self.cluster.as_ref()
+    }
+}
+
+/// Like the lab backend: a probe that could not run counts against the expectation.
+fn judged(r: &ProbeResult, expected: bool) -> Observed {
+    match r {
+        ProbeResult::Error { .. } => {
+            let _ = observed_of(r);
+            if expected {
+                Observed::Blocked
+            } else {
+                Observed::Allowed
+            }
+        }
+        other => observed_of(other),
+    }
+}
+
+impl Enforcer for ApiserverEnforcer {
+    fn name(&self) -> String {
+        format!(
+            "kube-apiserver + {} sluice agents (lab, {}, nftables)",
+            self.nodes, self.attach
+        )
+    }
+
+    fn sync(&mut self, desired: &mut Cluster) -> Result<()> {
+        if self.cluster.is_none() {
+            self.cluster = Some(ApiCluster::up(ApiClusterOptions::new(
+                self.nodes,
+                self.attach,
+            ))?);
+        }
+        self.cluster.as_mut().expect("just made").sync(desired)
+    }
+
+    fn probe(
+        &mut self,
+        from: &ObjectName,
+        to: &ObjectName,
+        port: u16,
+        protocol: Protocol,
+        expected: bool,
+    ) -> Observed {
+        match &self.cluster {
+            Some(c) => judged(&c.probe(from, to, port, protocol, expected), expected),
+            None => Observed::Skipped("the cluster is not up".into()),
+        }
+    }
+
+    fn probe_all(&mut self, cells: &[ProbeCell], port: u16, protocol: Protocol) -> Vec<Observed> {
+        let Some(c) = &self.cluster else {
+            return cells
+                .iter()
+                .map(|_| Observed::Skipped("the cluster is not up".into()))
+                .collect();
+        };
+        let list: Vec<(ObjectName, ObjectName, bool)> = cells
+            .iter()
+            .map(|c| (c.from.clone(), c.to.clone(), c.expected))
+            .collect();
+        c.lab
+            .probe_many(&list, false, port, protocol)
+            .iter()
+            .zip(cells)
+            .map(|(r, c)| judged(r, c.expected))
+            .collect()
+    }
+
+    fn teardown(&mut self) {
+        // Between cases only the case's objects go; a failure to clean up means the next case
+        // cannot trust the cluster, so it is rebuilt.
+        if let Some(c) = self.cluster.as_mut() {
+            if let Err(e) = c.clear() {
+                eprintln!("sluice: clearing the API server between cases: {e:#}; rebuilding it");
+                self.cluster = None;
+            }
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! The classifier's map layouts, byte for byte (mirrors classifier.bpf.c; the sizes are
+//! checked against the loaded maps, so a drift between the two fails loudly at load).
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::IpNet;
+
+use super::translate::{Bits, Guard, BITS_WORDS, MAX_GUARD4, MAX_GUARD6, MAX_SELF};
+
+/// The maps, by the names the C program gives them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MapId {
+    Pods,
+    Ctxs,
+    Peers4,
+    Peers6,
+    Ports,
+    Named,
+}
+
+impl MapId {
+    pub const ALL: [MapId; 6] = [
+        MapId::Pods,
+        MapId::Ctxs,
+        MapId::Peers4,
+        MapId::Peers6,
+        MapId::Ports,
+        MapId::Named,
+    ];
+    /// Maps whose values are rule bits (updated in two phases, see `entries`).
+    pub const BITS_MAPS: [MapId; 5] = [
+        MapId::Ctxs,
+        MapId::Peers4,
+        MapId::Peers6,
+        MapId::Ports,
+        MapId::Named,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            MapId::Pods => "sluice_pods",
+            MapId::Ctxs => "sluice_ctxs",
+            MapId::Peers4 => "sluice_peers4",
+            MapId::Peers6 => "sluice_peers6",
+            MapId::Ports => "sluice_ports",
+            MapId::Named => "sluice_named",
+        }
+    }
+    pub fn key_size(self) -> usize {
+        match self {
+            MapId::Pods | MapId::Ctxs => 4,
+            MapId::Peers4 | MapId::Ports => 12,
+            MapId::Peers6 | MapId::Named => 24,
+        }
+    }
+    pub fn value_size(self) -> usize {
+        match self {
+            MapId::Pods => POD_VAL_SIZE,
+            MapId::Ctxs => 2 * BITS_SIZE,
+            _ => BITS_SIZE,
+        }
+    }
+    /// The context id a key belongs to (None for pods).
+    pub fn ctx_of(self, key: &[u8]) -> Option<u32> {
+        match self {
+            MapId::Pods => None,
+            MapId::Ctxs | MapId::Named => Some(u32::from_ne_bytes(key[0..4].try_into().ok()?)),
+            MapId::Peers4 | MapId::Peers6 | MapId::Ports => {
+                Some(u32::from_be_bytes(key[4..8].try_into().ok()?))
+            }
+        }
+    }
+}
+
+pub const BITS_SIZE: usize = 8 * BITS_WORDS;
+pub const POD_VAL_SIZE: usize = 348;
+/// Other maps the loader checks (flows, fragments): key and value sizes.
+pub const FLOW_KEY_SIZE: usize = 44;
+pub const FLOW_VAL_SIZE: usize = 16;
+pub const FRAG_KEY_SIZE: usize = 44;
+
+pub const CTX_OPEN: u32 = 0;
+pub const CTX_FAIL_CLOSED: u32 = u32::MAX;
+
+const GUARD_MAC: u32 = 1 << 0;
+const GUARD_V4: u32 = 1 << 1;
+const GUARD_ARP: u32 = 1 << 2;
+const GUARD_V6: u32 = 1 << 3;
+const GUARD_DROP: u32 = 1 << 4;
+
+pub fn bits(b: &Bits) -> Vec<u8> {
+    b.0.iter().flat_map(|w| w.to_ne_bytes()).collect()
+}
+
+pub fn ctx_val(any_peer: &Bits, any_port: &Bits) -> Vec<u8> {
+    let mut v = bits(any_peer);
+    v.extend(bits(any_port));
+    v
+}
+
+pub fn ctx_key(ctx: u32) -> Vec<u8> {
+    ctx.to_ne_bytes().to_vec()
+}
+
+/// IPv4 as ::ffff:a.b.c.d, as the classifier compares addresses.
+pub fn addr16(a: &IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// An LPM key of peers4/peers6 (which one follows the prefix's family).
+pub fn peer_key(ctx: u32, net: &IpNet) -> (MapId, Vec<u8>) {
+    let mut k = (32 + u32::from(net.prefix_len())).to_ne_bytes().to_vec();
+    k.extend(ctx.to_be_bytes());
+    match net.addr() {
+        IpAddr::V4(a) => {
+            k.extend(a.octets());
+            (MapId::Peers4, k)
+        }
+        IpAddr::V6(a) => {
+            k.extend(a.octets());
+            (MapId::Peers6, k)
+        }
+    }
+}
+
+pub fn port_key(ctx: u32, proto: u8, first: u16, plen: u8) -> Vec<u8> {
+    let mut k = (32 + 8 + u32::from(plen)).to_ne_bytes().to_vec();
+    k.extend(ctx.to_be_bytes());
+    k.push(proto);
+    k.extend(first.to_be_bytes());
+    k.push(0);
+    k
+}
+
+pub fn named_key(ctx: u32, addr: &IpAddr, proto: u8, port: u16) -> Vec<u8> {
+    let mut k = ctx.to_ne_bytes().to_vec();
+    k.push(proto);
+    k.push(0);
+    k.extend(port.to_ne_bytes());
+    k.extend(addr16(addr));
+    k
+}
+
+pub fn pod_key(ifindex: u32) -> Vec<u8> {
+    ifindex.to_ne_bytes().to_vec()
+}
+
+/// `struct pod_val`.
+pub fn pod_val(ctx: [u32; 2], self_addrs: &[Vec<IpAddr>; 2], guard: Option<&Guard>) -> Vec<u8> {
+    let mut v = Vec::with_capacity(POD_VAL_SIZE);
+    v.extend(ctx[0].to_ne_bytes());
+    v.extend(ctx[1].to_ne_bytes());
+    let mut flags = 0u32;
+    if let Some(g) = guard {
+        if g.drop_all {
+            flags |= GUARD_DROP;
+        }
+        if g.mac.is_some() {
+            flags |= GUARD_MAC;
+        }
+        if g.v4.is_some() {
+            flags |= GUARD_V4;
+        }
+        if g.arp.is_some() {
+            flags |= GUARD_ARP;
+        }
+        if g.v6.is_some() {
+            flags |= GUARD_V6;
+        }
+    }
+    v.extend(flags.to_ne_bytes());
+    let g = guard.cloned().unwrap_or_default();
+    let g4 = g.v4.clone().unwrap_or_default();
+    let g6 = g.v6.clone().unwrap_or_default();
+    v.push(self_addrs[0].len().min(MAX_SELF) as u8);
+    v.push(self_addrs[1].len().min(MAX_SELF) as u8);
+    v.push(g4.len().min(MAX_GUARD4) as u8);
+    v.push(g6.len().min(MAX_GUARD6) as u8);
+    for dir in self_addrs {
+        for i in 0..MAX_SELF {
+            v.extend(dir.get(i).map(addr16).unwrap_or([0; 16]));
+        }
+    }
+    v.extend(g.mac.unwrap_or([0; 6]));
+    v.extend([0u8; 2]);
+    v.extend(g.arp.unwrap_or(Ipv4Addr::UNSPECIFIED).octets());
+    for i in 0..MAX_GUARD4 {
+        v.extend(g4.get(i).map(|n| n.addr().octets()).unwrap_or([0; 4]));
+    }
+    for i in 0..MAX_GUARD4 {
+        v.extend(
+            g4.get(i)
+                .map(|n| u32::from(n.prefix_len()))
+                .unwrap_or(0)
+                .to_ne_bytes(),
+        );
+    }
+    for i in 0..MAX_GUARD6 {
+        let (a, l) = g6
+            .get(i)
+            .map(|n| (n.addr().octets(), u32::from(n.prefix_len())))
+            .unwrap_or(([0; 16], 0));
+        v.extend(a);
+        v.extend(l.to_ne_bytes());
+    }
+    debug_assert_eq!(v.len(), POD_VAL_SIZE);
+    v
+}
+
+/// The ctx ids of a pod value ([ingress, egress]).
+pub fn pod_val_ctx(v: &[u8]) -> [u32; 2] {
+    [
+        u32::from_ne_bytes(v[0..4].try_into().expect("pod value")),
+        u32::from_ne_bytes(v[4..8].try_into().expect("pod value")),
+    ]
+}
+
+/// Byte-wise AND of two bit values (same length): the first phase of an update.
+pub fn and_bytes(a: &[u8], b: &[u8]) -> Vec<u8> {
+    a.iter().zip(b).map(|(x, y)| x & y).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_match_the_c_structs() {
+        let v = pod_val([1, 2], &[vec![], vec![]], None);
+        assert_eq!(v.len(), POD_VAL_SIZE);
+        for m in MapId::ALL {
+            let k = match m {
+                MapId::Pods => pod_key(1),
+                MapId::Ctxs => ctx_key(1),
+                MapId::Peers4 => peer_key(1, &"10.0.0.0/8".parse().unwrap()).1,
+                MapId::Peers6 => peer_key(1, &"fd00::/8".parse().unwrap()).1,
+                MapId::Ports => port_key(1, 6, 80, 16),
+                MapId::Named => named_key(1, &"10.0.0.1".parse().unwrap(), 6, 80),
+            };
+            assert_eq!(k.len(), m.key_size(), "{m:?}");
+            assert_eq!(m.ctx_of(&k), (m != MapId::Pods).then_some(1), "{m:?}");
+        }
+    }
+}

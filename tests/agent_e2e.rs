@@ -1,0 +1,129 @@
+//! End to end through a real kube-apiserver + etcd (built by scripts/build-apiserver): the
+//! conformance suite with policies, labels and pods written with the API and one sluice agent
+//! per lab node enforcing them (the same pass bar as the direct lab), and the agent's metrics,
+//! health and RBAC during such a run. Needs root.
+
+mod agent_common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use agent_common::*;
+use serde_json::Value;
+use sluice::compile::Attach;
+use sluice::conformance::apiserver::{http_get, ApiClusterOptions};
+
+fn suite(attach: &str) {
+    let _serial = serial();
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "conformance",
+            "run",
+            "--via-apiserver",
+            "--attach",
+            attach,
+            "--nodes",
+            "2",
+            "--output",
+            "json",
+        ])
+        .output()
+        .expect("run sluice");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report: Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
+    let cases = report["cases"].as_array().unwrap();
+    let failed: Vec<String> = cases
+        .iter()
+        .filter(|c| c["result"] != "pass" && c["result"] != "skip")
+        .map(|c| format!("{}: {}", c["id"], c["reason"]))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{attach}: failed cases:\n{}\n{stderr}",
+        failed.join("\n")
+    );
+    let skipped: Vec<&str> = cases
+        .iter()
+        .filter(|c| c["result"] == "skip")
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        skipped,
+        ["upstream-46", "upstream-47", "upstream-48"],
+        "only SCTP is skipped"
+    );
+    let upstream_passed = cases
+        .iter()
+        .filter(|c| c["result"] == "pass" && c["id"].as_str().unwrap().starts_with("upstream-"))
+        .count();
+    assert_eq!(upstream_passed, 45);
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn conformance_through_the_apiserver_routed() {
+    suite("routed");
+}
+
+#[test]
+fn conformance_through_the_apiserver_bridged() {
+    suite("bridged");
+}
+
+#[test]
+fn metrics_health_and_rbac_during_an_e2e_run() {
+    let _serial = serial();
+    let (mut c, mut world) = up(ApiClusterOptions::new(2, Attach::Routed));
+    create(&mut world, only_b_to_xa());
+    c.sync(&mut world.cluster).unwrap();
+    eventually(
+        c.lab.lab(),
+        &[
+            flow("x/b", "x/a", true),
+            flow("x/c", "x/a", false),
+            flow("y/a", "x/b", true),
+        ],
+        Duration::from_secs(10),
+    );
+    // x/a is on node-0 (round robin over the sorted pods).
+    let agent = c.in_process(0).unwrap();
+    let addr = agent.metrics_addr().unwrap();
+    let (code, text) = http_get(addr, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    for series in [
+        "sluice_sync_duration_seconds_count",
+        "sluice_deltas_applied_total{kind=\"full\"}",
+        "sluice_ruleset_rules",
+        "sluice_ruleset_sets",
+        "sluice_ruleset_elements",
+        "sluice_last_successful_sync_timestamp_seconds",
+        "sluice_local_pods_selected",
+        "sluice_local_pods",
+        "sluice_watch_events_total{resource=\"pods\"}",
+    ] {
+        let v = metric(&text, series).unwrap_or_else(|| panic!("{series} missing:\n{text}"));
+        assert!(v > 0.0, "{series} = {v}");
+    }
+    assert_eq!(metric(&text, "sluice_local_pods_selected"), Some(1.0));
+    assert_eq!(http_get(addr, "/healthz").unwrap().0, 200);
+    assert_eq!(http_get(addr, "/readyz").unwrap().0, 200);
+
+    // The ClusterRole of deploy/rbac.yaml lets the agent read and nothing else.
+    c.rt.block_on(async {
+        use k8s_openapi::api::core::v1::Pod;
+        use kube::api::{DeleteParams, ListParams};
+        let client = c.env.agent_client().await.unwrap();
+        let pods: kube::Api<Pod> = kube::Api::all(client.clone());
+        assert_eq!(
+            pods.list(&ListParams::default()).await.unwrap().items.len(),
+            9
+        );
+        let in_x: kube::Api<Pod> = kube::Api::namespaced(client, "x");
+        match in_x.delete("a", &DeleteParams::default()).await {
+            Err(kube::Error::Api(e)) => assert_eq!(e.code, 403),
+            other => panic!("the agent may delete pods: {other:?}"),
+        }
+    });
+}

@@ -1,0 +1,238 @@
+//! The eBPF dataplane on the real kernel: a small lab enforced by the tc classifier, probed
+//! with real connections (both attachments), then checked for leftovers. Skipped (and said
+//! so) only when this sluice was built without clang, i.e. without the classifier.
+
+mod common;
+
+use std::time::Duration;
+
+use sluice::dataplane::{Dataplane, DataplaneKind};
+use sluice::ebpf::EbpfDataplane;
+use sluice::lab::enforce::EnforcedLab;
+use sluice::lab::{Attach, Proto};
+use sluice::policy::{ObjectName, Protocol};
+
+/// Whether the classifier is in this build; prints why a test is skipped otherwise.
+pub fn ebpf_built() -> bool {
+    if let Err(e) = sluice::ebpf::object() {
+        eprintln!("skipped: {e:#}");
+        return false;
+    }
+    true
+}
+
+const WORLD: &str = r#"
+kind: Namespace
+apiVersion: v1
+metadata: {name: x, labels: {ns: x}}
+---
+kind: Pod
+apiVersion: v1
+metadata: {name: client, namespace: x, labels: {app: client}}
+spec: {nodeName: node-0, containers: [{name: c}]}
+---
+kind: Pod
+apiVersion: v1
+metadata: {name: other, namespace: x, labels: {app: other}}
+spec: {nodeName: node-1, containers: [{name: c}]}
+---
+kind: Pod
+apiVersion: v1
+metadata: {name: server, namespace: x, labels: {app: server}}
+spec:
+  nodeName: node-0
+  containers: [{name: c, ports: [{containerPort: 80, name: http}, {containerPort: 81}, {containerPort: 8080}, {containerPort: 53, protocol: UDP}]}]
+---
+kind: Pod
+apiVersion: v1
+metadata: {name: locked, namespace: x, labels: {app: locked}}
+spec: {nodeName: node-1, containers: [{name: c, ports: [{containerPort: 80}]}]}
+---
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: web, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: client}}}]
+    ports: [{port: http}, {port: 8000, endPort: 8080}]
+  - from: [{podSelector: {matchLabels: {app: other}}}]
+    ports: [{port: 53, protocol: UDP}]
+---
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: lock, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: locked}}
+  policyTypes: [Ingress, Egress]
+---
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: client-out, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Egress]
+  egress: [{to: [{podSelector: {matchLabels: {app: server}}}]}]
+"#;
+
+fn n(s: &str) -> ObjectName {
+    ObjectName::parse(s)
+}
+
+fn check(attach: Attach) {
+    let name = format!("eb{}{}", std::process::id() % 10_000, attach as u8);
+    let mut lab = EnforcedLab::up_with(&name, 2, attach, DataplaneKind::Ebpf).unwrap();
+    assert_eq!(lab.dataplane_kind(), DataplaneKind::Ebpf);
+    let mut cluster = common::cluster_from(WORLD);
+    lab.serve_also(&[80, 81, 8080, 53]);
+    lab.sync(&mut cluster).unwrap();
+    let probe =
+        |lab: &EnforcedLab, from: &str, to: &str, port: u16, proto: Protocol, want: bool| {
+            let r = lab.probe(&n(from), &n(to), false, port, proto, want);
+            assert_eq!(
+                r.is_connected(),
+                want,
+                "{attach}: {from} -> {to} {port}/{proto}: {r}"
+            );
+        };
+    // Named port (http = 80) and endPort range for the client; nothing else.
+    probe(&lab, "x/client", "x/server", 80, Protocol::Tcp, true);
+    probe(&lab, "x/client", "x/server", 8080, Protocol::Tcp, true);
+    probe(&lab, "x/client", "x/server", 81, Protocol::Tcp, false);
+    // UDP 53 only from `other`, across nodes; a UDP rule never opens TCP.
+    probe(&lab, "x/other", "x/server", 53, Protocol::Udp, true);
+    probe(&lab, "x/other", "x/server", 80, Protocol::Tcp, false);
+    probe(&lab, "x/client", "x/server", 53, Protocol::Udp, false);
+    // The client is egress-isolated: only the server; replies of allowed flows pass.
+    probe(&lab, "x/client", "x/other", 80, Protocol::Tcp, false);
+    // Default deny both ways.
+    probe(&lab, "x/other", "x/locked", 80, Protocol::Tcp, false);
+    probe(&lab, "x/locked", "x/other", 80, Protocol::Tcp, false);
+    // The node reaches its pods whatever their policy; pods reach what policy lets them.
+    let locked = lab.pod(&n("x/locked")).unwrap().clone();
+    let r = lab
+        .lab()
+        .probe_from_node(1, locked.ip, 80, Proto::Tcp, Duration::from_millis(800));
+    assert!(r.is_connected(), "{attach}: node-1 -> locked: {r}");
+
+    // A policy change is a map update: open `locked` to everyone in x.
+    let open: &str = r#"
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: lock, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: locked}}
+  policyTypes: [Ingress]
+  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: x}}}]}]
+"#;
+    for p in common::cluster_from(open).policies.into_values() {
+        cluster.upsert_policy(p);
+    }
+    let report = lab.sync(&mut cluster).unwrap();
+    assert_eq!(report.full_applies, 0, "{report:?}");
+    probe(&lab, "x/other", "x/locked", 80, Protocol::Tcp, true);
+    probe(&lab, "x/locked", "x/other", 80, Protocol::Tcp, true);
+
+    // Status agrees with what was applied, on every node.
+    for node in 0..2 {
+        let rs = lab.ruleset(&cluster, node);
+        let st = lab.with_node_dataplane(node, |dp| dp.status(&rs)).unwrap();
+        assert!(st.in_sync, "{attach} node {node}: {:?}", st.differences);
+    }
+    lab.down().unwrap();
+    assert!(
+        !sluice::lab::netns::list()
+            .iter()
+            .any(|n| n.starts_with(&format!("sl{name}-"))),
+        "namespaces left"
+    );
+}
+
+#[test]
+fn ebpf_enforces_a_small_lab_routed() {
+    if ebpf_built() {
+        check(Attach::Routed);
+    }
+}
+
+#[test]
+fn ebpf_enforces_a_small_lab_bridged() {
+    if ebpf_built() {
+        check(Attach::Bridged);
+    }
+}
+
+/// remove() detaches from every interface and is idempotent; nothing stays attached.
+#[test]
+fn ebpf_remove_detaches_everything() {
+    if !ebpf_built() {
+        return;
+    }
+    let ns = common::Netns::new("ebpfrm");
+    let run = |args: &[&str]| {
+        let ok = std::process::Command::new("ip")
+            .args(["-n", &ns.name])
+            .args(args)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ip {args:?}");
+    };
+    run(&[
+        "link", "add", "slveth0", "type", "veth", "peer", "name", "slveth1",
+    ]);
+    run(&["link", "set", "slveth0", "up"]);
+    let cluster = common::cluster_from(
+        r#"
+kind: Pod
+apiVersion: v1
+metadata: {name: a, namespace: x, labels: {app: a}}
+spec: {nodeName: n, containers: [{name: c}]}
+---
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: deny, namespace: x}
+spec: {podSelector: {}}
+"#,
+    );
+    let mut attachments = std::collections::BTreeMap::new();
+    attachments.insert(
+        n("x/a"),
+        sluice::compile::Attachment {
+            iface: Some("slveth0".into()),
+            mac: None,
+        },
+    );
+    let rs = sluice::compile::compile(&sluice::compile::CompileInput {
+        cluster: &cluster,
+        node: "n",
+        attach: Attach::Routed,
+        attachments: &attachments,
+    });
+    let mut dp = EbpfDataplane::in_netns(&ns.name).unwrap();
+    dp.apply_full(&rs).unwrap();
+    assert_eq!(dp.attached_interfaces(), ["slveth0"]);
+    assert!(dp.status(&rs).unwrap().in_sync);
+    dp.remove().unwrap();
+    dp.remove().unwrap();
+    assert!(dp.attached_interfaces().is_empty());
+    // The kernel agrees: no tcx program on either hook of the veth.
+    if dp.attach_mode() != sluice::ebpf::AttachMode::Tcx {
+        return;
+    }
+    let left = sluice::lab::netns::exec_in(&ns.name, || {
+        [
+            aya::programs::TcAttachType::Ingress,
+            aya::programs::TcAttachType::Egress,
+        ]
+        .iter()
+        .map(|t| {
+            aya::programs::SchedClassifier::query_tcx("slveth0", *t)
+                .map(|(_, p)| p.len())
+                .unwrap_or(0)
+        })
+        .sum::<usize>()
+    })
+    .unwrap();
+    assert_eq!(left, 0, "programs still attached");
+}
