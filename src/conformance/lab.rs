@@ -52,7 +52,7 @@ pub fn observed_of(r: &ProbeResult) -> Observed {
 }
 
 /// Like [`observed_of`], but an error counts against the expectation so the case fails.
-fn judged(r: &ProbeResult, expected: bool) -> Observed {
+pub fn judged(r: &ProbeResult, expected: bool) -> Observed {
     match r {
         ProbeResult::Error { .. } => {
             let _ = observed_of(r);

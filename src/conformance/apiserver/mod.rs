@@ -24,7 +24,7 @@ pub use external::{http_get, ExternalAgent};
 use anyhow::Result;
 
 use super::backend::{AttachMode, Enforcer, Observed, ProbeCell};
-use super::lab::observed_of;
+use super::lab::judged;
 use crate::lab::ProbeResult;
 use crate::policy::{Cluster, ObjectName, Protocol};
 
@@ -47,21 +47,6 @@ impl ApiserverEnforcer {
 
     pub fn cluster(&self) -> Option<&ApiCluster> {
         self.cluster.as_ref()
-    }
-}
-
-/// Like the lab backend: a probe that could not run counts against the expectation.
-fn judged(r: &ProbeResult, expected: bool) -> Observed {
-    match r {
-        ProbeResult::Error { .. } => {
-            let _ = observed_of(r);
-            if expected {
-                Observed::Blocked
-            } else {
-                Observed::Allowed
-            }
-        }
-        other => observed_of(other),
     }
 }
 
