@@ -25,7 +25,6 @@ use anyhow::Result;
 
 use super::backend::{AttachMode, Enforcer, Observed, ProbeCell};
 use super::lab::judged;
-use crate::lab::ProbeResult;
 use crate::policy::{Cluster, ObjectName, Protocol};
 
 /// The runner's backend: one API server, lab and agent set for the whole run; every case
