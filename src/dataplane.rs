@@ -118,12 +118,28 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
 }
 
+/// What a dataplane may need to know beyond the ruleset.
+#[derive(Debug, Clone, Default)]
+pub struct DataplaneOptions {
+    /// The cluster's Service (ClusterIP) ranges. nftables judges after the node's NAT anyway;
+    /// the eBPF dataplane defers a pod's egress check for these destinations until after NAT.
+    pub service_cidrs: Vec<ipnet::IpNet>,
+}
+
 /// A dataplane of the given kind (`auto` resolved first) for a network namespace (None: the
 /// current one).
-pub fn make(kind: DataplaneKind, netns: Option<&str>) -> Result<Box<dyn Dataplane + Send>> {
+pub fn make(
+    kind: DataplaneKind,
+    netns: Option<&str>,
+    opts: &DataplaneOptions,
+) -> Result<Box<dyn Dataplane + Send>> {
     let (kind, _) = choose(kind)?;
     Ok(match kind {
-        DataplaneKind::Ebpf => Box::new(crate::ebpf::EbpfDataplane::new(netns)?),
+        DataplaneKind::Ebpf => {
+            let mut dp = crate::ebpf::EbpfDataplane::new(netns)?;
+            dp.set_service_ranges(&opts.service_cidrs);
+            Box::new(dp)
+        }
         _ => Box::new(crate::nft::NftDataplane::new(match netns {
             Some(n) => crate::nft::Nft::in_netns(n),
             None => crate::nft::Nft::here(),

@@ -15,6 +15,7 @@ fn backend(kind: BackendKind) -> Box<dyn Enforcer> {
         nodes: 2,
         attach: AttachMode::Routed,
         dataplane: sluice::dataplane::DataplaneKind::Nftables,
+        via_service: false,
     })
     .unwrap()
 }

@@ -37,6 +37,7 @@ fn options(attach: AttachMode) -> BackendOptions {
         nodes: 2,
         attach,
         dataplane: DataplaneKind::Ebpf,
+        via_service: false,
     }
 }
 

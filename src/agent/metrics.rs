@@ -42,6 +42,8 @@ pub struct Metrics {
     pub watch_events: Family<Labels, Counter>,
     pub drift_repairs: Counter,
     pub ready: Gauge,
+    /// 1 for the dataplane enforcing (dataplane = nftables | ebpf, requested = auto | ...).
+    pub dataplane: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -68,6 +70,7 @@ impl Metrics {
             watch_events: Family::default(),
             drift_repairs: Counter::default(),
             ready: Gauge::default(),
+            dataplane: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -135,6 +138,11 @@ impl Metrics {
             "ready",
             "1 once the first full snapshot is enforced",
             m.ready.clone(),
+        );
+        registry.register(
+            "dataplane_info",
+            "The dataplane enforcing on this node (label dataplane) and the one asked for (label requested)",
+            m.dataplane.clone(),
         );
         // Every series exists from the start (at 0), so dashboards and alerts need no
         // "absent" special case.

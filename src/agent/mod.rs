@@ -22,14 +22,15 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use kube::Client;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 pub use attach::AttachChoice;
 pub use metrics::Metrics;
 
 use crate::compile::NodeRuleset;
+use crate::dataplane::DataplaneKind;
 use crate::k8s::convert::Change;
 use crate::k8s::watch::{spawn_watchers, Sink, WatchEvent, WatchOptions};
 use crate::policy::{Cluster, ObjectName};
@@ -52,6 +53,10 @@ pub struct AgentConfig {
     pub watch: WatchOptions,
     /// Keep a copy of the snapshot of every sync in the status (tests wait on it).
     pub publish_snapshot: bool,
+    /// What enforces: `auto` picks nftables when it works here, eBPF otherwise.
+    pub dataplane: DataplaneKind,
+    /// The cluster's Service ranges (the eBPF dataplane judges pod egress to them after NAT).
+    pub service_cidrs: Vec<ipnet::IpNet>,
 }
 
 impl AgentConfig {
@@ -66,8 +71,27 @@ impl AgentConfig {
             drift_interval: Duration::from_secs(30),
             watch: WatchOptions::default(),
             publish_snapshot: false,
+            dataplane: DataplaneKind::Auto,
+            service_cidrs: vec![],
         }
     }
+}
+
+/// Resolves the configured dataplane once, says which was chosen and why (log and the
+/// `sluice_dataplane_info` metric), and fails when none works here.
+fn choose_dataplane(cfg: &AgentConfig, shared: &Shared) -> Result<DataplaneKind> {
+    let (kind, why) = crate::dataplane::choose(cfg.dataplane)
+        .with_context(|| format!("dataplane {} cannot enforce here", cfg.dataplane))?;
+    info!(node = %cfg.node, requested = %cfg.dataplane, dataplane = %kind, reason = %why, "dataplane chosen");
+    shared
+        .metrics
+        .dataplane
+        .get_or_create(&vec![
+            ("dataplane", kind.name()),
+            ("requested", cfg.dataplane.name()),
+        ])
+        .set(1);
+    Ok(kind)
 }
 
 /// What the agent has done, for readiness, tests and tools.
@@ -190,6 +214,7 @@ pub struct Agent {
     thread: Option<std::thread::JoinHandle<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     metrics_addr: Option<SocketAddr>,
+    dataplane: DataplaneKind,
 }
 
 impl Agent {
@@ -201,6 +226,7 @@ impl Agent {
         metrics_addr: Option<SocketAddr>,
     ) -> Result<Agent> {
         let shared = Arc::new(Shared::new());
+        let dataplane = choose_dataplane(&cfg, &shared)?;
         let mut tasks = Vec::new();
         let mut bound = None;
         if let Some(addr) = metrics_addr {
@@ -238,7 +264,7 @@ impl Agent {
                 }
             })
         };
-        let reconciler = reconcile::Reconciler::new(cfg.clone(), shared.clone());
+        let reconciler = reconcile::Reconciler::new(cfg.clone(), shared.clone(), dataplane)?;
         let thread = std::thread::Builder::new()
             .name(format!("sluice-{}", cfg.node))
             .spawn(move || reconciler.run(rx))?;
@@ -250,6 +276,7 @@ impl Agent {
             thread: Some(thread),
             tasks,
             metrics_addr: bound,
+            dataplane,
         })
     }
 
@@ -258,8 +285,9 @@ impl Agent {
     /// before expecting a first sync.
     pub fn start_fed(cfg: AgentConfig) -> Result<(Agent, ChangeFeed)> {
         let shared = Arc::new(Shared::new());
+        let dataplane = choose_dataplane(&cfg, &shared)?;
         let (tx, rx) = channel();
-        let reconciler = reconcile::Reconciler::new(cfg.clone(), shared.clone());
+        let reconciler = reconcile::Reconciler::new(cfg.clone(), shared.clone(), dataplane)?;
         let thread = std::thread::Builder::new()
             .name(format!("sluice-{}", cfg.node))
             .spawn(move || reconciler.run(rx))?;
@@ -271,6 +299,7 @@ impl Agent {
                 thread: Some(thread),
                 tasks: vec![],
                 metrics_addr: None,
+                dataplane,
             },
             feed,
         ))
@@ -282,6 +311,11 @@ impl Agent {
 
     pub fn status(&self) -> AgentStatus {
         self.shared.status()
+    }
+
+    /// The dataplane enforcing (`auto` resolved).
+    pub fn dataplane(&self) -> DataplaneKind {
+        self.dataplane
     }
 
     /// Where `/metrics` is served, when it is.

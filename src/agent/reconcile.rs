@@ -16,10 +16,10 @@ use super::attach::{Detector, LocalPod};
 use super::{AgentConfig, Msg, Shared};
 use crate::compile::ir::Isolation;
 use crate::compile::{compile, CompileInput, NodeRuleset};
-use crate::dataplane::Dataplane;
+use crate::dataplane::{self, Dataplane, DataplaneKind, DataplaneOptions};
 use crate::k8s::convert::{self, Change, Kind};
 use crate::nft::installed::{self, Fingerprint, Summary};
-use crate::nft::{Nft, NftDataplane};
+use crate::nft::Nft;
 use crate::policy::Cluster;
 
 /// How often the loop wakes with nothing to do, so /healthz can tell it is alive.
@@ -34,11 +34,16 @@ pub struct Reconciler {
     cluster: Cluster,
     listed: std::collections::BTreeSet<Kind>,
     detector: Detector,
-    dataplane: NftDataplane,
+    dataplane: Box<dyn Dataplane + Send>,
+    /// With the nftables dataplane: the table is read back through this `nft`, and the drift
+    /// check compares fingerprints (cheap). Other dataplanes are asked for their status.
+    nft: Option<Nft>,
     /// What the kernel holds as far as we know (None: unknown, the next apply is full).
     installed: Option<Arc<NodeRuleset>>,
-    /// Read back right after the last apply; the drift check compares against it.
+    /// Read back right after the last apply (nftables); the drift check compares against it.
     fingerprint: Option<Fingerprint>,
+    /// The last apply was read back and found to be what was meant.
+    verified: bool,
     dirty: bool,
     first_dirty: Option<Instant>,
     last_change: Instant,
@@ -53,14 +58,20 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    pub fn new(cfg: AgentConfig, shared: Arc<Shared>) -> Reconciler {
-        let nft = match &cfg.netns {
+    /// A reconciler enforcing with `kind` (already resolved from `auto`, see `Agent::start`).
+    pub fn new(cfg: AgentConfig, shared: Arc<Shared>, kind: DataplaneKind) -> Result<Reconciler> {
+        let nft = (kind == DataplaneKind::Nftables).then(|| match &cfg.netns {
             Some(ns) => Nft::in_netns(ns),
             None => Nft::here(),
+        });
+        let opts = DataplaneOptions {
+            service_cidrs: cfg.service_cidrs.clone(),
         };
-        Reconciler {
+        Ok(Reconciler {
             detector: Detector::new(cfg.netns.clone(), cfg.attach, &cfg.bridge),
-            dataplane: NftDataplane::new(nft),
+            dataplane: dataplane::make(kind, cfg.netns.as_deref(), &opts)?,
+            nft,
+            verified: false,
             next_drift: Instant::now() + cfg.drift_interval,
             cfg,
             shared,
@@ -75,13 +86,14 @@ impl Reconciler {
             retry_delay: RETRY_MIN,
             missing: Vec::new(),
             missing_delay: RETRY_MIN,
-        }
+        })
     }
 
     pub fn run(mut self, rx: Receiver<Msg>) {
         info!(
             node = %self.cfg.node,
             netns = self.cfg.netns.as_deref().unwrap_or("(current)"),
+            dataplane = self.dataplane.name(),
             "reconciler started"
         );
         loop {
@@ -120,8 +132,14 @@ impl Reconciler {
     }
 
     fn stopped(&self) {
-        // Rules stay: pods keep their isolation while the agent restarts or upgrades.
-        info!(node = %self.cfg.node, "reconciler stopped; rules left in place");
+        if self.nft.is_some() {
+            // Rules stay: pods keep their isolation while the agent restarts or upgrades.
+            info!(node = %self.cfg.node, "reconciler stopped; rules left in place");
+        } else {
+            // The eBPF programs and maps are not pinned: they go with this process.
+            warn!(node = %self.cfg.node, dataplane = self.dataplane.name(),
+                "reconciler stopped; the eBPF programs are detached with the agent");
+        }
     }
 
     fn on_change(&mut self, c: Change) {
@@ -239,35 +257,54 @@ impl Reconciler {
             debug!(warning = %w, "compile");
         }
         let kind = self.apply(&rs)?;
-        if kind == "noop" && self.fingerprint.is_some() {
+        if kind == "noop" && self.verified {
             // Most changes in a cluster are about other nodes' pods and change nothing here:
             // no need to read the table back (the drift check still watches it).
             self.installed = Some(rs.clone());
+            self.verified = true;
             self.publish(&rs, kind, &detection.missing);
             return Ok(detection.missing);
         }
         // Check: the kernel must hold what we meant, or we say so and replace it whole.
-        let (fp, have) = installed::read(&self.dataplane.nft)?;
-        let want = Summary::wanted(&rs);
-        let diff = have.differences(&want);
-        let fp = if diff.is_empty() {
-            fp
-        } else {
+        self.verified = false;
+        let diff = self.differences(&rs)?;
+        if !diff.is_empty() {
             self.shared.metrics.error("check");
             warn!(differences = ?diff, "installed ruleset differs after apply; replacing it");
             self.dataplane.apply_full(&rs)?;
-            let (fp, have) = installed::read(&self.dataplane.nft)?;
-            let diff = have.differences(&want);
+            let diff = self.differences(&rs)?;
             if !diff.is_empty() {
                 self.installed = None;
                 bail!("the kernel does not hold the ruleset after a full apply: {diff:?}");
             }
-            fp
-        };
-        self.fingerprint = Some(fp);
+        }
+        self.verified = true;
         self.installed = Some(rs.clone());
         self.publish(&rs, kind, &detection.missing);
         Ok(detection.missing)
+    }
+
+    /// How what the kernel holds differs from `rs` (empty: as meant). With nftables the table
+    /// is read back and its fingerprint kept for the drift check.
+    fn differences(&mut self, rs: &NodeRuleset) -> Result<Vec<String>> {
+        match &self.nft {
+            Some(nft) => {
+                let (fp, have) = installed::read(nft)?;
+                let diff = have.differences(&Summary::wanted(rs));
+                self.fingerprint = Some(fp);
+                Ok(diff)
+            }
+            None => {
+                let status = self.dataplane.status(rs)?;
+                // A pod whose interface is not there yet is retried by the sync loop, not
+                // a reason to replace everything.
+                Ok(status
+                    .differences
+                    .into_iter()
+                    .filter(|d| !d.ends_with("not found"))
+                    .collect())
+            }
+        }
     }
 
     /// Applies `rs` (delta when possible); returns which kind of apply it was.
@@ -353,21 +390,34 @@ impl Reconciler {
     /// Someone flushed or edited our table: put back what we last applied (recompiled from
     /// the current snapshot, which is at least as new).
     fn drift_check(&mut self) {
-        let current = match installed::read(&self.dataplane.nft) {
-            Ok((fp, _)) => fp,
+        let drifted = match (&self.nft, &self.installed) {
+            (Some(nft), _) => installed::read(nft)
+                .map(|(fp, _)| self.fingerprint.as_ref() != Some(&fp))
+                .map(|d| (d, vec![])),
+            (None, Some(rs)) => {
+                let rs = rs.clone();
+                self.differences(&rs).map(|d| (!d.is_empty(), d))
+            }
+            (None, None) => return,
+        };
+        let differences = match drifted {
+            Ok((false, _)) => return,
+            Ok((true, d)) => d,
             Err(e) => {
                 self.shared.metrics.error("drift");
-                warn!(error = %format!("{e:#}"), "cannot read the table back");
+                warn!(error = %format!("{e:#}"), "cannot read the installed ruleset back");
                 return;
             }
         };
-        if self.fingerprint.as_ref() == Some(&current) {
-            return;
+        if !differences.is_empty() {
+            debug!(?differences, "drift");
         }
-        warn!(node = %self.cfg.node, "installed table drifted from the last applied one; restoring it");
+        warn!(node = %self.cfg.node, dataplane = self.dataplane.name(),
+            "installed ruleset drifted from the last applied one; restoring it");
         self.shared.metrics.drift_repairs.inc();
         self.installed = None;
         self.fingerprint = None;
+        self.verified = false;
         self.sync();
     }
 }
@@ -385,7 +435,7 @@ mod tests {
             max_delay: Duration::from_millis(300),
             ..AgentConfig::new("node-0")
         };
-        Reconciler::new(cfg, Arc::new(Shared::new()))
+        Reconciler::new(cfg, Arc::new(Shared::new()), DataplaneKind::Nftables).unwrap()
     }
 
     fn ns(name: &str) -> Change {

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 
 use crate::agent::{Agent, AgentConfig, AttachChoice};
-use crate::dataplane::Dataplane;
+use crate::dataplane::{Dataplane, DataplaneKind};
 use crate::k8s::watch::WatchOptions;
 use crate::k8s::{client_from, ClientSource};
 use crate::nft::{Nft, NftDataplane};
@@ -63,6 +63,21 @@ pub struct AgentArgs {
     /// Longest wait between attempts to reach an unreachable API server.
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     watch_backoff_max: u64,
+    /// What enforces: nftables, the eBPF fallback (tc classifier + BPF maps), or auto:
+    /// nftables when `nft` works here, eBPF otherwise (the choice is logged and exported as
+    /// sluice_dataplane_info).
+    #[arg(long, value_enum, default_value = "auto")]
+    dataplane: DataplaneKind,
+    /// The cluster's Service (ClusterIP) ranges, comma separated (kube-apiserver's
+    /// --service-cluster-ip-range). The eBPF dataplane judges a pod's egress to them after the
+    /// node's NAT, against the backend; nftables does so anyway.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "10.96.0.0/12",
+        value_name = "CIDR"
+    )]
+    service_cidr: Vec<ipnet::IpNet>,
     /// Remove sluice's tables from the node (or --netns) and exit.
     #[arg(long)]
     cleanup: bool,
@@ -105,6 +120,8 @@ pub fn run(args: AgentArgs) -> Result<i32> {
         debounce: Duration::from_millis(args.debounce_ms),
         max_delay: Duration::from_millis(args.max_delay_ms),
         drift_interval: Duration::from_secs(args.drift_interval.max(1)),
+        dataplane: args.dataplane,
+        service_cidrs: args.service_cidr.clone(),
         watch: WatchOptions {
             backoff_max: Duration::from_secs(args.watch_backoff_max.max(1)),
             ..WatchOptions::default()
@@ -128,7 +145,11 @@ pub fn run(args: AgentArgs) -> Result<i32> {
             "agent running"
         );
         wait_for_signal().await?;
-        tracing::info!("stopping; rules stay in place (sluice agent --cleanup removes them)");
+        if agent.dataplane() == DataplaneKind::Nftables {
+            tracing::info!("stopping; rules stay in place (sluice agent --cleanup removes them)");
+        } else {
+            tracing::info!("stopping; the eBPF programs are detached with the agent");
+        }
         tokio::task::block_in_place(|| agent.stop());
         Ok(0)
     })

@@ -57,6 +57,10 @@ struct BackendArgs {
     /// What enforces in the lab: nftables, or the eBPF fallback (tc classifier + BPF maps).
     #[arg(long, value_enum, default_value = "nftables")]
     dataplane: DataplaneKind,
+    /// Probe each pod at its address, or through its ClusterIP (kube-proxy-style DNAT in the
+    /// lab's nodes), as the upstream e2e suite does.
+    #[arg(long, value_enum, default_value = "pod")]
+    via: super::lab::Via,
 }
 
 #[derive(Args)]
@@ -111,6 +115,7 @@ fn enforcer(b: &BackendArgs, oracle: BackendKind) -> anyhow::Result<Box<dyn Enfo
         nodes: b.nodes as usize,
         attach: b.attach,
         dataplane: b.dataplane,
+        via_service: b.via == super::lab::Via::Service,
     };
     make_enforcer(&opts).map_err(|e| BadInput(format!("{e:#}")).into())
 }
@@ -162,6 +167,11 @@ fn run_fuzz(args: FuzzArgs) -> anyhow::Result<i32> {
     let mut backend = enforcer(&args.backend, BackendKind::MatrixOracle)?;
     let oracle_only = args.backend.oracle_only;
     let dataplane = args.backend.dataplane;
+    let via = if args.backend.via == super::lab::Via::Service {
+        " --via service"
+    } else {
+        ""
+    };
     let opts = FuzzOptions {
         cases: args.cases,
         seed: args.seed,
@@ -187,7 +197,7 @@ fn run_fuzz(args: FuzzArgs) -> anyhow::Result<i32> {
                 if oracle_only {
                     " --oracle-only".to_string()
                 } else {
-                    format!(" --dataplane {dataplane}")
+                    format!(" --dataplane {dataplane}{via}")
                 }
             );
         }

@@ -78,6 +78,8 @@ pub struct BackendOptions {
     pub attach: AttachMode,
     /// What enforces in the lab backend (nftables or eBPF).
     pub dataplane: crate::dataplane::DataplaneKind,
+    /// Probe through each pod's ClusterIP instead of its address.
+    pub via_service: bool,
 }
 
 /// The one place a backend is built. The lab backend plugs in here.
@@ -85,16 +87,21 @@ pub fn make_enforcer(opts: &BackendOptions) -> Result<Box<dyn Enforcer>> {
     match opts.kind {
         BackendKind::Oracle => Ok(Box::new(OracleEnforcer::new(Judge::Evaluate))),
         BackendKind::MatrixOracle => Ok(Box::new(OracleEnforcer::new(Judge::Matrix))),
-        BackendKind::Apiserver => Ok(Box::new(super::apiserver::ApiserverEnforcer::new(
-            opts.nodes,
-            opts.attach,
-        ))),
+        BackendKind::Apiserver => {
+            crate::dataplane::choose(opts.dataplane)?;
+            Ok(Box::new(
+                super::apiserver::ApiserverEnforcer::new(opts.nodes, opts.attach)
+                    .with_dataplane(opts.dataplane)
+                    .via_service(opts.via_service),
+            ))
+        }
         BackendKind::Lab => {
             // Fail before any case runs when the dataplane cannot work here.
             crate::dataplane::choose(opts.dataplane)?;
             Ok(Box::new(
                 super::lab::LabEnforcer::new(opts.nodes, opts.attach)
-                    .with_dataplane(opts.dataplane),
+                    .with_dataplane(opts.dataplane)
+                    .via_service(opts.via_service),
             ))
         }
     }

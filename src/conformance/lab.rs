@@ -17,6 +17,7 @@ pub struct LabEnforcer {
     nodes: usize,
     attach: AttachMode,
     dataplane: DataplaneKind,
+    via_service: bool,
     lab: Option<EnforcedLab>,
 }
 
@@ -26,8 +27,16 @@ impl LabEnforcer {
             nodes,
             attach,
             dataplane: DataplaneKind::Nftables,
+            via_service: false,
             lab: None,
         }
+    }
+
+    /// Probe through each pod's ClusterIP (the lab's kube-proxy-style DNAT) instead of its
+    /// address, as the upstream suite does.
+    pub fn via_service(mut self, yes: bool) -> LabEnforcer {
+        self.via_service = yes;
+        self
     }
 
     /// Enforce with this dataplane (`nftables` unless told).
@@ -69,8 +78,15 @@ pub fn judged(r: &ProbeResult, expected: bool) -> Observed {
 impl Enforcer for LabEnforcer {
     fn name(&self) -> String {
         format!(
-            "lab ({}, {} nodes, {})",
-            self.attach, self.nodes, self.dataplane
+            "lab ({}, {} nodes, {}{})",
+            self.attach,
+            self.nodes,
+            self.dataplane,
+            if self.via_service {
+                ", via service"
+            } else {
+                ""
+            }
         )
     }
 
@@ -99,7 +115,7 @@ impl Enforcer for LabEnforcer {
     ) -> Observed {
         match &self.lab {
             Some(lab) => judged(
-                &lab.probe(from, to, false, port, protocol, expected),
+                &lab.probe(from, to, self.via_service, port, protocol, expected),
                 expected,
             ),
             None => Observed::Skipped("the lab is not up".into()),
@@ -117,7 +133,7 @@ impl Enforcer for LabEnforcer {
             .iter()
             .map(|c| (c.from.clone(), c.to.clone(), c.expected))
             .collect();
-        lab.probe_many(&list, false, port, protocol)
+        lab.probe_many(&list, self.via_service, port, protocol)
             .iter()
             .zip(cells)
             .map(|(r, c)| judged(r, c.expected))

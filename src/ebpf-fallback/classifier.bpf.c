@@ -18,6 +18,13 @@
 //                            | named[ctx, daddr, proto, dport]        (hash, per-pod named ports)
 // Replies: our own LRU flow table, written on every allow (why not the kernel's conntrack:
 // docs/ebpf.md).
+//
+// Services: tc ingress runs before the node's NAT, so a pod's packet to a ClusterIP still
+// carries the ClusterIP. The pod's egress rules are about the backend it is DNATed to, so for
+// destinations in sluice_nat (the service ranges) the egress check is deferred: the veth's
+// ingress writes the pod's ifindex into the upper half of skb->mark, and the first tc egress
+// after routing (another pod's veth, or sluice_post_nat on every other interface) judges the
+// rewritten packet against that pod's egress context. See docs/ebpf.md.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -50,6 +57,11 @@
 #define F_RST (1u << 2)
 
 #define SEC_NS 1000000000ull
+
+// skb->mark bits that carry a deferred egress check from the veth to the post-NAT hook: the
+// source pod's ifindex. kube-proxy and flannel use only the lower half (0x4000, 0x8000).
+#define MARK_SHIFT 16
+#define MARK_MASK 0xffff0000u
 
 // The big steps are BPF-to-BPF calls rather than inlined: each gets its own stack frame, so
 // their scratch buffers do not add up past the 512-byte stack.
@@ -139,6 +151,20 @@ struct flow_val {
 	__u32 pad;
 };
 
+// A deferred service connection, by its source (the NAT keeps the pod's address and port):
+// the pre-NAT tuple to record as allowed once the rewritten packet is judged.
+struct pending_key {
+	__u32 ifindex;
+	__u8 proto;
+	__u8 pad;
+	__u16 sport;
+};
+
+struct nat_key {
+	__u32 prefixlen; // 96 + IPv4 prefix, or the IPv6 prefix
+	__u8 addr[16];
+};
+
 struct frag_key {
 	__u32 ifindex;
 	__u8 dir;
@@ -164,6 +190,9 @@ enum stat {
 	ST_DROP_FAIL_CLOSED,
 	ST_DROP_GUARD,
 	ST_DROP_MALFORMED,
+	ST_DEFER_SERVICE,
+	ST_PASS_DEFERRED,
+	ST_DROP_DEFERRED,
 	ST_MAX,
 };
 
@@ -219,6 +248,22 @@ struct {
 	__type(key, struct flow_key);
 	__type(value, struct flow_val);
 } sluice_flows SEC(".maps");
+
+// Destinations the node's NAT rewrites (Service ranges): the egress check waits for NAT.
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct nat_key);
+	__type(value, __u32);
+} sluice_nat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct pending_key);
+	__type(value, struct flow_key);
+} sluice_pending SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -529,6 +574,20 @@ static __always_inline void flow_key_of(struct flow_key *k, __u32 ifindex, __u8 
 	}
 }
 
+static __always_inline void flow_record_key(struct flow_key *k, __u8 tcp_flags, __u64 now)
+{
+	struct flow_val *v = bpf_map_lookup_elem(&sluice_flows, k);
+	if (v && !expired(now, v->seen_ns, flow_timeout(k->proto, v->flags)) && !(tcp_flags & 0x02)) {
+		v->seen_ns = now;
+		tcp_track(v, tcp_flags);
+	} else {
+		// New (or a SYN starting over on a reused tuple): no reply seen yet.
+		struct flow_val nv = { .seen_ns = now };
+		tcp_track(&nv, tcp_flags);
+		bpf_map_update_elem(&sluice_flows, k, &nv, BPF_ANY);
+	}
+}
+
 // Records an allowed packet's flow (and a first fragment's datagram) at this check point.
 static __noinline void flow_record(__u32 ifindex, __u8 dir, struct pkt *p, __u64 now)
 {
@@ -536,16 +595,7 @@ static __noinline void flow_record(__u32 ifindex, __u8 dir, struct pkt *p, __u64
 		return;
 	struct flow_key k;
 	flow_key_of(&k, ifindex, dir, p, 0);
-	struct flow_val *v = bpf_map_lookup_elem(&sluice_flows, &k);
-	if (v && !expired(now, v->seen_ns, flow_timeout(k.proto, v->flags)) && !(p->tcp_flags & 0x02)) {
-		v->seen_ns = now;
-		tcp_track(v, p->tcp_flags);
-	} else {
-		// New (or a SYN starting over on a reused tuple): no reply seen yet.
-		struct flow_val nv = { .seen_ns = now };
-		tcp_track(&nv, p->tcp_flags);
-		bpf_map_update_elem(&sluice_flows, &k, &nv, BPF_ANY);
-	}
+	flow_record_key(&k, p->tcp_flags, now);
 	if (p->frag == 1) {
 		struct frag_key fk = {};
 		fk.ifindex = ifindex;
@@ -742,7 +792,7 @@ static __noinline int guard_drops(struct __sk_buff *skb, struct pod_val *pod, st
 	return 0;
 }
 
-static __always_inline int is_self(struct pod_val *pod, __u8 dir, const __u8 *who)
+static __noinline int is_self(struct pod_val *pod, __u8 dir, const __u8 *who)
 {
 	int hit = 0;
 #pragma unroll
@@ -751,6 +801,37 @@ static __always_inline int is_self(struct pod_val *pod, __u8 dir, const __u8 *wh
 			hit = 1;
 	}
 	return hit;
+}
+
+// One 4-byte store: the verifier allows only whole-field writes of skb->mark, and clang would
+// otherwise narrow a masked update to a 2-byte store of the changed half.
+static __always_inline void set_mark(struct __sk_buff *skb, __u32 mark)
+{
+	*(volatile __u32 *)&skb->mark = mark;
+}
+
+// A packet of an egress-isolated pod to a Service address: mark it for the post-NAT check
+// and let it on. Only the pod's own source addresses (a spoofed source is judged here, on
+// the pre-NAT tuple), only whole TCP/UDP/SCTP packets (NAT rewrites ports), and only pods whose
+// ifindex fits the mark. Returns 1 when deferred.
+static __noinline int defer_to_nat(struct __sk_buff *skb, struct pod_val *pod, __u32 ifindex,
+			       struct pkt *p)
+{
+	if (!p->has_ports || p->frag || ifindex > (MARK_MASK >> MARK_SHIFT))
+		return 0;
+	struct nat_key nk = { .prefixlen = 128 };
+	__builtin_memcpy(nk.addr, p->daddr, 16);
+	if (!bpf_map_lookup_elem(&sluice_nat, &nk))
+		return 0;
+	if (!is_self(pod, DIR_EGRESS, p->saddr))
+		return 0;
+	struct pending_key pk = { .ifindex = ifindex, .proto = p->proto, .sport = p->sport };
+	struct flow_key orig;
+	flow_key_of(&orig, ifindex, DIR_EGRESS, p, 0);
+	bpf_map_update_elem(&sluice_pending, &pk, &orig, BPF_ANY);
+	set_mark(skb, (skb->mark & ~MARK_MASK) | (ifindex << MARK_SHIFT));
+	count(ST_DEFER_SERVICE);
+	return 1;
 }
 
 static __always_inline int judge(struct __sk_buff *skb, __u8 dir)
@@ -810,6 +891,8 @@ static __always_inline int judge(struct __sk_buff *skb, __u8 dir)
 		count(ST_PASS_SELF);
 		return TC_ACT_UNSPEC;
 	}
+	if (dir == DIR_EGRESS && defer_to_nat(skb, pod, ifindex, &p))
+		return TC_ACT_UNSPEC;
 	if (policy_allows(ctx, &p, dir)) {
 		flow_record(ifindex, dir, &p, now);
 		count(ST_PASS_POLICY);
@@ -819,6 +902,52 @@ static __always_inline int judge(struct __sk_buff *skb, __u8 dir)
 	return TC_ACT_SHOT;
 }
 
+// The deferred egress check, after NAT: the source pod's egress context judges the rewritten
+// packet (its real destination). Returns TC_ACT_SHOT or TC_ACT_UNSPEC. Only called for packets
+// carrying our mark; the mark is cleared so that no later hook judges them again.
+static __noinline int post_nat(struct __sk_buff *skb)
+{
+	__u32 mark = skb->mark;
+	__u32 src_if = mark >> MARK_SHIFT;
+	set_mark(skb, mark & ~MARK_MASK);
+	struct pkt p = {};
+	__u16 ethertype = 0;
+	if (parse(skb, &p, &ethertype) != 0) {
+		count(ST_DROP_DEFERRED);
+		return TC_ACT_SHOT;
+	}
+	// The pod went away (or changed) between the two hooks: what it may send is unknown.
+	struct pod_val *pod = bpf_map_lookup_elem(&sluice_pods, &src_if);
+	if (!pod) {
+		count(ST_DROP_DEFERRED);
+		return TC_ACT_SHOT;
+	}
+	__u32 ctx = pod->ctx[DIR_EGRESS];
+	int ok;
+	if (ctx == CTX_OPEN)
+		ok = 1;
+	else if (ctx == CTX_FAIL_CLOSED)
+		ok = 0;
+	else
+		ok = is_self(pod, DIR_EGRESS, p.daddr) || policy_allows(ctx, &p, DIR_EGRESS);
+	if (!ok) {
+		count(ST_DROP_DEFERRED);
+		return TC_ACT_SHOT;
+	}
+	// Allowed: the pre-NAT tuple becomes a flow of the pod's egress, so its replies (un-NATed
+	// back to the ClusterIP by the time they reach the pod's veth) and the rest of the
+	// connection pass as with conntrack.
+	struct pending_key pk = { .ifindex = src_if, .proto = p.proto, .sport = p.sport };
+	struct flow_key *orig = bpf_map_lookup_elem(&sluice_pending, &pk);
+	if (orig) {
+		struct flow_key k = *orig;
+		flow_record_key(&k, p.tcp_flags, bpf_ktime_get_ns());
+		bpf_map_delete_elem(&sluice_pending, &pk);
+	}
+	count(ST_PASS_DEFERRED);
+	return TC_ACT_UNSPEC;
+}
+
 // tc ingress of the host-side veth: what the pod sends.
 SEC("classifier")
 int sluice_pod_egress(struct __sk_buff *skb)
@@ -826,11 +955,25 @@ int sluice_pod_egress(struct __sk_buff *skb)
 	return judge(skb, DIR_EGRESS);
 }
 
-// tc egress of the host-side veth: what is delivered to the pod.
+// tc egress of the host-side veth: what is delivered to the pod. A packet another local pod
+// sent to a Service first meets that pod's deferred egress check.
 SEC("classifier")
 int sluice_pod_ingress(struct __sk_buff *skb)
 {
+	if ((skb->mark & MARK_MASK) && post_nat(skb) == TC_ACT_SHOT)
+		return TC_ACT_SHOT;
 	return judge(skb, DIR_INGRESS);
+}
+
+// tc egress of every other interface of the node (uplink, overlay, bridge): the deferred
+// egress check of Service traffic leaving towards a backend elsewhere. Everything else passes
+// untouched.
+SEC("classifier")
+int sluice_post_nat(struct __sk_buff *skb)
+{
+	if (skb->mark & MARK_MASK)
+		return post_nat(skb);
+	return TC_ACT_UNSPEC;
 }
 
 char _license[] SEC("license") = "Apache-2.0";

@@ -11,6 +11,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use ipnet::IpNet;
+
 use super::layout::{self, MapId, CTX_FAIL_CLOSED, CTX_OPEN};
 use super::translate::{CtxRef, Translation};
 
@@ -39,16 +41,21 @@ impl Plan {
 }
 
 /// Every entry a translation needs, given context ids and the interfaces' indexes (pods
-/// whose interface has no index yet are left out: nothing to attach to).
+/// whose interface has no index yet are left out: nothing to attach to), and the Service
+/// ranges whose egress check waits for NAT.
 pub fn entries(
     t: &Translation,
     ids: &BTreeMap<String, u32>,
     ifindex: &BTreeMap<String, u32>,
+    nat: &[IpNet],
 ) -> Entries {
     let mut e: Entries = MapId::ALL.iter().map(|m| (*m, BTreeMap::new())).collect();
     let mut put = |m: MapId, k: Vec<u8>, v: Vec<u8>| {
         e.get_mut(&m).expect("every map").insert(k, v);
     };
+    for net in nat {
+        put(MapId::Nat, layout::nat_key(net), layout::nat_val());
+    }
     for (key, c) in &t.contexts {
         let Some(&id) = ids.get(key) else { continue };
         put(
@@ -181,6 +188,19 @@ pub fn plan(old: &Entries, new: &Entries) -> Plan {
     for k in o.keys().filter(|k| !n.contains_key(*k)) {
         p.after_detach.push(Op::Delete(MapId::Pods, k.clone()));
     }
+    // Service ranges: deferring starts only once the post-NAT hooks are attached (after
+    // attaching), and stops before they are detached.
+    let o = old.get(&MapId::Nat).unwrap_or(&empty);
+    let n = new.get(&MapId::Nat).unwrap_or(&empty);
+    for k in o.keys().filter(|k| !n.contains_key(*k)) {
+        p.before_attach.push(Op::Delete(MapId::Nat, k.clone()));
+    }
+    for (k, nv) in n {
+        if o.get(k) != Some(nv) {
+            p.after_detach
+                .push(Op::Update(MapId::Nat, k.clone(), nv.clone()));
+        }
+    }
     // Contexts themselves last, so no pod ever points at a missing one on purpose.
     dead.sort_by_key(|op| matches!(op, Op::Delete(MapId::Ctxs, _)));
     p.after_detach.extend(dead);
@@ -247,10 +267,10 @@ mod tests {
             "ingress:a",
         );
         let ids = assign_ids(&old_t, &BTreeMap::new(), &Entries::new());
-        let old = entries(&old_t, &ids, &ifx);
+        let old = entries(&old_t, &ids, &ifx, &[]);
         let ids2 = assign_ids(&new_t, &ids, &old);
         assert_eq!(ids, ids2, "same policy list, same context id");
-        let new = entries(&new_t, &ids2, &ifx);
+        let new = entries(&new_t, &ids2, &ifx, &[]);
         let p = plan(&old, &new);
         let mut now = old.clone();
         let within =
@@ -275,10 +295,10 @@ mod tests {
         let a = world(ctx(&[("10.0.0.1/32", 0)], &[(80, 0)]), "ingress:a");
         let b = world(ctx(&[("10.0.0.3/32", 0)], &[(80, 0)]), "ingress:b");
         let ids_a = assign_ids(&a, &BTreeMap::new(), &Entries::new());
-        let old = entries(&a, &ids_a, &ifx);
+        let old = entries(&a, &ids_a, &ifx, &[]);
         let ids_b = assign_ids(&b, &BTreeMap::new(), &old);
         assert_ne!(ids_a["ingress:a"], ids_b["ingress:b"]);
-        let new = entries(&b, &ids_b, &ifx);
+        let new = entries(&b, &ids_b, &ifx, &[]);
         let p = plan(&old, &new);
         // The pod moves before the old context's entries go.
         assert!(p

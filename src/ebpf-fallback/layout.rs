@@ -16,16 +16,19 @@ pub enum MapId {
     Peers6,
     Ports,
     Named,
+    /// Destinations the node's NAT rewrites (Service ranges).
+    Nat,
 }
 
 impl MapId {
-    pub const ALL: [MapId; 6] = [
+    pub const ALL: [MapId; 7] = [
         MapId::Pods,
         MapId::Ctxs,
         MapId::Peers4,
         MapId::Peers6,
         MapId::Ports,
         MapId::Named,
+        MapId::Nat,
     ];
     /// Maps whose values are rule bits (updated in two phases, see `entries`).
     pub const BITS_MAPS: [MapId; 5] = [
@@ -43,6 +46,7 @@ impl MapId {
             MapId::Peers6 => "sluice_peers6",
             MapId::Ports => "sluice_ports",
             MapId::Named => "sluice_named",
+            MapId::Nat => "sluice_nat",
         }
     }
     pub fn key_size(self) -> usize {
@@ -50,19 +54,21 @@ impl MapId {
             MapId::Pods | MapId::Ctxs => 4,
             MapId::Peers4 | MapId::Ports => 12,
             MapId::Peers6 | MapId::Named => 24,
+            MapId::Nat => 20,
         }
     }
     pub fn value_size(self) -> usize {
         match self {
             MapId::Pods => POD_VAL_SIZE,
             MapId::Ctxs => 2 * BITS_SIZE,
+            MapId::Nat => 4,
             _ => BITS_SIZE,
         }
     }
     /// The context id a key belongs to (None for pods).
     pub fn ctx_of(self, key: &[u8]) -> Option<u32> {
         match self {
-            MapId::Pods => None,
+            MapId::Pods | MapId::Nat => None,
             MapId::Ctxs | MapId::Named => Some(u32::from_ne_bytes(key[0..4].try_into().ok()?)),
             MapId::Peers4 | MapId::Peers6 | MapId::Ports => {
                 Some(u32::from_be_bytes(key[4..8].try_into().ok()?))
@@ -77,6 +83,7 @@ pub const POD_VAL_SIZE: usize = 348;
 pub const FLOW_KEY_SIZE: usize = 44;
 pub const FLOW_VAL_SIZE: usize = 16;
 pub const FRAG_KEY_SIZE: usize = 44;
+pub const PENDING_KEY_SIZE: usize = 8;
 
 pub const CTX_OPEN: u32 = 0;
 pub const CTX_FAIL_CLOSED: u32 = u32::MAX;
@@ -141,6 +148,21 @@ pub fn named_key(ctx: u32, addr: &IpAddr, proto: u8, port: u16) -> Vec<u8> {
     k.extend(port.to_ne_bytes());
     k.extend(addr16(addr));
     k
+}
+
+/// A Service range of `sluice_nat`: IPv4 as ::ffff:a.b.c.d/(96 + prefix).
+pub fn nat_key(net: &IpNet) -> Vec<u8> {
+    let plen = match net {
+        IpNet::V4(n) => 96 + u32::from(n.prefix_len()),
+        IpNet::V6(n) => u32::from(n.prefix_len()),
+    };
+    let mut k = plen.to_ne_bytes().to_vec();
+    k.extend(addr16(&net.network()));
+    k
+}
+
+pub fn nat_val() -> Vec<u8> {
+    1u32.to_ne_bytes().to_vec()
 }
 
 pub fn pod_key(ifindex: u32) -> Vec<u8> {
@@ -238,9 +260,11 @@ mod tests {
                 MapId::Peers6 => peer_key(1, &"fd00::/8".parse().unwrap()).1,
                 MapId::Ports => port_key(1, 6, 80, 16),
                 MapId::Named => named_key(1, &"10.0.0.1".parse().unwrap(), 6, 80),
+                MapId::Nat => nat_key(&"10.96.0.0/12".parse().unwrap()),
             };
             assert_eq!(k.len(), m.key_size(), "{m:?}");
-            assert_eq!(m.ctx_of(&k), (m != MapId::Pods).then_some(1), "{m:?}");
+            let has_ctx = !matches!(m, MapId::Pods | MapId::Nat);
+            assert_eq!(m.ctx_of(&k), has_ctx.then_some(1), "{m:?}");
         }
     }
 }

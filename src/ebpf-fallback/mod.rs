@@ -24,6 +24,7 @@ use aya::maps::{Map, MapData, PerCpuArray};
 use aya::programs::tc::{self, SchedClassifierLinkId, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
+use ipnet::IpNet;
 use serde::Serialize;
 
 use self::entries::{Entries, Op};
@@ -44,6 +45,8 @@ const OBJECT: Option<&[u8]> = None;
 /// Program names in the object (tc ingress of the veth = the pod's egress, and back).
 const PROG_POD_EGRESS: &str = "sluice_pod_egress";
 const PROG_POD_INGRESS: &str = "sluice_pod_ingress";
+/// tc egress of the node's other interfaces: the deferred egress check of Service traffic.
+const PROG_POST_NAT: &str = "sluice_post_nat";
 
 /// Whether this binary carries the classifier (clang was there when it was built).
 pub fn built() -> bool {
@@ -96,10 +99,19 @@ struct Attached {
     pod_ingress: SchedClassifierLinkId,
 }
 
+/// Our post-NAT link on one of the node's other interfaces.
+struct Uplink {
+    ifindex: u32,
+    link: SchedClassifierLinkId,
+}
+
 /// The eBPF dataplane of one node: a network namespace (None: the current one).
 pub struct EbpfDataplane {
     netns: Option<String>,
     mode: AttachMode,
+    /// Service ranges: a pod's egress to them is judged after the node's NAT.
+    nat: Vec<IpNet>,
+    uplinks: BTreeMap<String, Uplink>,
     loaded: Option<Loaded>,
     /// Context key -> id, as installed.
     ids: BTreeMap<String, u32>,
@@ -119,6 +131,8 @@ impl EbpfDataplane {
         Ok(EbpfDataplane {
             netns: netns.map(str::to_string),
             mode: AttachMode::for_running_kernel(),
+            nat: Vec::new(),
+            uplinks: BTreeMap::new(),
             loaded: None,
             ids: BTreeMap::new(),
             installed: Entries::new(),
@@ -134,6 +148,17 @@ impl EbpfDataplane {
 
     pub fn attach_mode(&self) -> AttachMode {
         self.mode
+    }
+
+    /// The Service (ClusterIP) ranges of the cluster, from the next apply on. Packets a pod
+    /// sends to them are still addressed to the ClusterIP when the veth sees them; their egress
+    /// check is deferred to the first tc egress after the node's NAT, where the destination is
+    /// the backend the policy is about (nftables judges in the forward hook, after NAT, too).
+    /// Without ranges, such packets are judged against the ClusterIP itself.
+    pub fn set_service_ranges(&mut self, nets: &[IpNet]) {
+        self.nat = nets.iter().map(IpNet::trunc).collect();
+        self.nat.sort();
+        self.nat.dedup();
     }
 
     /// Loads the classifier and its maps (verifier included): whether eBPF works here.
@@ -207,11 +232,12 @@ impl EbpfDataplane {
             self.installed = self.read_back()?;
         }
         let ids = entries::assign_ids(&tr, &self.ids, &self.installed);
-        let new = entries::entries(&tr, &ids, &ifindex);
+        let new = entries::entries(&tr, &ids, &ifindex, &self.nat);
         let plan = entries::plan(&self.installed, &new);
+        let uplinks = self.uplink_interfaces(&ifindex)?;
         self.unsure = true;
         self.run(&plan.before_attach)?;
-        let changed = self.sync_attachments(&ifindex)?;
+        let changed = self.sync_attachments(&ifindex)? + self.sync_uplinks(&uplinks)?;
         self.run(&plan.after_detach)?;
         self.unsure = false;
         self.installed = new;
@@ -275,6 +301,73 @@ impl EbpfDataplane {
         Ok(n)
     }
 
+    /// The interfaces that need the post-NAT check: every interface of the namespace but the
+    /// loopback and the pods' own (their ingress program does it), when there are Service
+    /// ranges at all.
+    fn uplink_interfaces(&self, pods: &BTreeMap<String, u32>) -> Result<BTreeMap<String, u32>> {
+        if self.nat.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let all = Self::in_ns(&self.netns, interfaces)?;
+        Ok(all
+            .into_iter()
+            .filter(|(name, _)| name != "lo" && !pods.contains_key(name))
+            .collect())
+    }
+
+    /// Attaches the post-NAT program to new uplinks, detaches it from those gone or now pods.
+    fn sync_uplinks(&mut self, want: &BTreeMap<String, u32>) -> Result<usize> {
+        let stale: Vec<String> = self
+            .uplinks
+            .iter()
+            .filter(|(i, u)| want.get(*i) != Some(&u.ifindex))
+            .map(|(i, _)| i.clone())
+            .collect();
+        let new: Vec<(String, u32)> = want
+            .iter()
+            .filter(|(i, x)| self.uplinks.get(*i).map(|u| u.ifindex) != Some(**x))
+            .map(|(i, x)| (i.clone(), *x))
+            .collect();
+        let n = stale.len() + new.len();
+        let gone = self.netns_gone();
+        let mode = self.mode;
+        let netns = self.netns.clone();
+        let stale: Vec<Uplink> = stale
+            .iter()
+            .filter_map(|i| self.uplinks.remove(i))
+            .collect();
+        let l = self.loaded()?;
+        let attached = Self::in_ns(&netns, || -> Result<Vec<(String, Uplink)>> {
+            if !gone {
+                if let Ok(p) = program(&mut l.ebpf, PROG_POST_NAT) {
+                    for u in stale {
+                        let _ = p.detach(u.link);
+                    }
+                }
+            }
+            let mut out = Vec::new();
+            for (iface, ifindex) in new {
+                if mode == AttachMode::Clsact {
+                    add_clsact(&iface)?;
+                }
+                let link = program(&mut l.ebpf, PROG_POST_NAT)?
+                    .attach_with_options(&iface, TcAttachType::Egress, attach_options(mode))
+                    .with_context(|| {
+                        format!("attach {PROG_POST_NAT} to {iface} egress ({})", mode.name())
+                    })?;
+                out.push((iface, Uplink { ifindex, link }));
+            }
+            Ok(out)
+        })??;
+        self.uplinks.extend(attached);
+        Ok(n)
+    }
+
+    /// Interfaces with the post-NAT program attached (for tests and status).
+    pub fn uplink_interfaces_attached(&self) -> Vec<String> {
+        self.uplinks.keys().cloned().collect()
+    }
+
     /// Detaches our programs from one interface; an interface already gone took them along.
     fn detach(&mut self, iface: &str, a: Attached) {
         if self.netns_gone() {
@@ -321,7 +414,7 @@ impl EbpfDataplane {
 }
 
 /// The classifier's `enum stat`, in order.
-const COUNTERS: [&str; 14] = [
+const COUNTERS: [&str; 17] = [
     "pass_reply",
     "pass_established",
     "pass_related",
@@ -336,7 +429,32 @@ const COUNTERS: [&str; 14] = [
     "drop_fail_closed",
     "drop_guard",
     "drop_malformed",
+    "defer_service",
+    "pass_deferred",
+    "drop_deferred",
 ];
+
+/// Every interface of the current network namespace, by name.
+fn interfaces() -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    // SAFETY: if_nameindex returns an array terminated by a zero entry (or NULL), freed below.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return out;
+        }
+        let mut p = list;
+        while (*p).if_index != 0 && !(*p).if_name.is_null() {
+            let name = std::ffi::CStr::from_ptr((*p).if_name)
+                .to_string_lossy()
+                .into_owned();
+            out.push((name, (*p).if_index));
+            p = p.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    out
+}
 
 fn ifindex(iface: &str) -> Option<u32> {
     let c = CString::new(iface).ok()?;
@@ -371,7 +489,7 @@ fn load() -> Result<Loaded> {
         .btf(aya::Btf::from_sys_fs().ok().as_ref())
         .load(object()?)
         .context("loading the eBPF object")?;
-    for name in [PROG_POD_EGRESS, PROG_POD_INGRESS] {
+    for name in [PROG_POD_EGRESS, PROG_POD_INGRESS, PROG_POST_NAT] {
         program(&mut ebpf, name)?
             .load()
             .with_context(|| format!("the verifier rejected {name}"))?;
@@ -407,6 +525,11 @@ fn load() -> Result<Loaded> {
     for (name, k, v) in [
         ("sluice_flows", layout::FLOW_KEY_SIZE, layout::FLOW_VAL_SIZE),
         ("sluice_frags", layout::FRAG_KEY_SIZE, 8),
+        (
+            "sluice_pending",
+            layout::PENDING_KEY_SIZE,
+            layout::FLOW_KEY_SIZE,
+        ),
     ] {
         let info = map_data(ebpf.map(name).with_context(|| format!("map {name}"))?).info()?;
         if info.key_size() as usize != k || info.value_size() as usize != v {
@@ -416,23 +539,35 @@ fn load() -> Result<Loaded> {
     Ok(Loaded { ebpf, maps })
 }
 
+fn attach_options(mode: AttachMode) -> TcAttachOptions {
+    match mode {
+        AttachMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
+        AttachMode::Clsact => TcAttachOptions::Netlink(tc::NlOptions::default()),
+    }
+}
+
+/// The clsact qdisc on `iface` (kept when it is already there).
+fn add_clsact(iface: &str) -> Result<()> {
+    match tc::qdisc_add_clsact(iface) {
+        Ok(()) => Ok(()),
+        Err(tc::TcError::NetlinkError(e))
+            if e.to_string().contains("exists") || e.to_string().contains("EEXIST") =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(anyhow!(e).context(format!("clsact qdisc on {iface}"))),
+    }
+}
+
 /// Attaches both programs to one interface (in the current network namespace).
 fn attach(
     ebpf: &mut Ebpf,
     iface: &str,
     mode: AttachMode,
 ) -> Result<(SchedClassifierLinkId, SchedClassifierLinkId)> {
-    let opts = || match mode {
-        AttachMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
-        AttachMode::Clsact => TcAttachOptions::Netlink(tc::NlOptions::default()),
-    };
+    let opts = || attach_options(mode);
     if mode == AttachMode::Clsact {
-        match tc::qdisc_add_clsact(iface) {
-            Ok(()) => {}
-            Err(tc::TcError::NetlinkError(e))
-                if e.to_string().contains("exists") || e.to_string().contains("EEXIST") => {}
-            Err(e) => return Err(anyhow!(e).context(format!("clsact qdisc on {iface}"))),
-        }
+        add_clsact(iface)?;
     }
     let eg = program(ebpf, PROG_POD_EGRESS)?
         .attach_with_options(iface, TcAttachType::Ingress, opts())
@@ -490,7 +625,7 @@ impl Dataplane for EbpfDataplane {
         let tr = translate::translate(wanted);
         let ifindex = self.ifindexes(tr.pods.keys().cloned().collect())?;
         let ids = entries::assign_ids(&tr, &self.ids, &have);
-        let want = entries::entries(&tr, &ids, &ifindex);
+        let want = entries::entries(&tr, &ids, &ifindex, &self.nat);
         let mut differences = Vec::new();
         for m in MapId::ALL {
             let empty = BTreeMap::new();
@@ -552,16 +687,37 @@ impl Dataplane for EbpfDataplane {
                 )),
             }
         }
-        let installed = summary(&have, &attached);
+        // The post-NAT check must be on every other interface, also one that appeared since.
+        let uplinks = self.uplink_interfaces(&ifindex)?;
+        for (iface, x) in &uplinks {
+            if self.uplinks.get(iface).map(|u| u.ifindex) != Some(*x) {
+                differences.push(format!(
+                    "{iface}: the post-NAT check of Service traffic is not attached"
+                ));
+            }
+        }
+        let mut installed = summary(&have, &attached);
+        for i in self.uplinks.keys() {
+            installed.chains.insert(format!("tc-post-nat/{i}"), 1);
+        }
         Ok(Status {
             in_sync: differences.is_empty(),
             differences,
             installed,
-            wanted: wanted_summary(wanted, &want, &ifindex),
+            wanted: {
+                let mut w = wanted_summary(wanted, &want, &ifindex);
+                for i in uplinks.keys() {
+                    w.chains.insert(format!("tc-post-nat/{i}"), 1);
+                }
+                w
+            },
         })
     }
 
     fn remove(&mut self) -> Result<()> {
+        if self.loaded.is_some() {
+            self.sync_uplinks(&BTreeMap::new())?;
+        }
         let ifaces: Vec<String> = self.attached.keys().cloned().collect();
         for iface in ifaces {
             let a = self.attached.remove(&iface).expect("listed");

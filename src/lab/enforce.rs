@@ -110,9 +110,13 @@ impl EnforcedLab {
             .get_mut(node)
             .with_context(|| format!("no node {node} in the lab"))?;
         if slot.is_none() {
+            let opts = dataplane::DataplaneOptions {
+                service_cidrs: vec![super::service::service_cidr().into()],
+            };
             *slot = Some(dataplane::make(
                 self.kind,
                 Some(self.lab().node_netns(node)),
+                &opts,
             )?);
         }
         f(slot.as_deref_mut().expect("just made"))

@@ -62,6 +62,8 @@ pub struct ApiClusterOptions {
     pub agents: Vec<AgentMode>,
     pub debounce: Duration,
     pub drift_interval: Duration,
+    /// What the agents enforce with.
+    pub dataplane: crate::dataplane::DataplaneKind,
 }
 
 impl ApiClusterOptions {
@@ -72,6 +74,7 @@ impl ApiClusterOptions {
             agents: vec![],
             debounce: Duration::from_millis(20),
             drift_interval: Duration::from_secs(5),
+            dataplane: crate::dataplane::DataplaneKind::Nftables,
         }
     }
 }
@@ -155,6 +158,8 @@ impl ApiCluster {
             debounce: self.opts.debounce,
             drift_interval: self.opts.drift_interval,
             publish_snapshot: true,
+            dataplane: self.opts.dataplane,
+            service_cidrs: vec![crate::lab::service::service_cidr().into()],
             watch: crate::k8s::watch::WatchOptions {
                 backoff_min: Duration::from_millis(200),
                 backoff_max: Duration::from_secs(2),
@@ -202,6 +207,14 @@ impl ApiCluster {
                     "2",
                     "--log-format",
                     "json",
+                    "--dataplane",
+                    cfg.dataplane.name(),
+                    "--service-cidr",
+                    &cfg.service_cidrs
+                        .iter()
+                        .map(|c| c.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
                 ]
                 .iter()
                 .map(|s| s.to_string())

@@ -32,6 +32,8 @@ use crate::policy::{Cluster, ObjectName, Protocol};
 pub struct ApiserverEnforcer {
     nodes: usize,
     attach: AttachMode,
+    dataplane: crate::dataplane::DataplaneKind,
+    via_service: bool,
     cluster: Option<ApiCluster>,
 }
 
@@ -40,8 +42,22 @@ impl ApiserverEnforcer {
         ApiserverEnforcer {
             nodes,
             attach,
+            dataplane: crate::dataplane::DataplaneKind::Nftables,
+            via_service: false,
             cluster: None,
         }
+    }
+
+    /// The agents enforce with this dataplane (`nftables` unless told).
+    pub fn with_dataplane(mut self, kind: crate::dataplane::DataplaneKind) -> Self {
+        self.dataplane = kind;
+        self
+    }
+
+    /// Probe through each pod's ClusterIP instead of its address.
+    pub fn via_service(mut self, yes: bool) -> Self {
+        self.via_service = yes;
+        self
     }
 
     pub fn cluster(&self) -> Option<&ApiCluster> {
@@ -52,17 +68,23 @@ impl ApiserverEnforcer {
 impl Enforcer for ApiserverEnforcer {
     fn name(&self) -> String {
         format!(
-            "kube-apiserver + {} sluice agents (lab, {}, nftables)",
-            self.nodes, self.attach
+            "kube-apiserver + {} sluice agents (lab, {}, {}{})",
+            self.nodes,
+            self.attach,
+            self.dataplane,
+            if self.via_service {
+                ", via service"
+            } else {
+                ""
+            }
         )
     }
 
     fn sync(&mut self, desired: &mut Cluster) -> Result<()> {
         if self.cluster.is_none() {
-            self.cluster = Some(ApiCluster::up(ApiClusterOptions::new(
-                self.nodes,
-                self.attach,
-            ))?);
+            let mut opts = ApiClusterOptions::new(self.nodes, self.attach);
+            opts.dataplane = self.dataplane;
+            self.cluster = Some(ApiCluster::up(opts)?);
         }
         self.cluster.as_mut().expect("just made").sync(desired)
     }
@@ -76,7 +98,11 @@ impl Enforcer for ApiserverEnforcer {
         expected: bool,
     ) -> Observed {
         match &self.cluster {
-            Some(c) => judged(&c.probe(from, to, port, protocol, expected), expected),
+            Some(c) => judged(
+                &c.lab
+                    .probe(from, to, self.via_service, port, protocol, expected),
+                expected,
+            ),
             None => Observed::Skipped("the cluster is not up".into()),
         }
     }
@@ -93,7 +119,7 @@ impl Enforcer for ApiserverEnforcer {
             .map(|c| (c.from.clone(), c.to.clone(), c.expected))
             .collect();
         c.lab
-            .probe_many(&list, false, port, protocol)
+            .probe_many(&list, self.via_service, port, protocol)
             .iter()
             .zip(cells)
             .map(|(r, c)| judged(r, c.expected))
