@@ -11,7 +11,7 @@ use std::time::Duration;
 use agent_common::*;
 use serde_json::Value;
 use sluice::compile::Attach;
-use sluice::conformance::apiserver::{http_get, ApiClusterOptions};
+use sluice::conformance::apiserver::{http_get, AgentMode, ApiClusterOptions};
 
 fn suite(attach: &str) {
     let _serial = serial();
@@ -107,6 +107,14 @@ fn metrics_health_and_rbac_during_an_e2e_run() {
         assert!(v > 0.0, "{series} = {v}");
     }
     assert_eq!(metric(&text, "sluice_local_pods_selected"), Some(1.0));
+    assert_eq!(
+        metric(
+            &text,
+            "sluice_dataplane_info{dataplane=\"nftables\",requested=\"nftables\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
     assert_eq!(http_get(addr, "/healthz").unwrap().0, 200);
     assert_eq!(http_get(addr, "/readyz").unwrap().0, 200);
 
@@ -126,4 +134,63 @@ fn metrics_health_and_rbac_during_an_e2e_run() {
             other => panic!("the agent may delete pods: {other:?}"),
         }
     });
+}
+
+/// `sluice agent --dataplane ebpf` as a process per node: egress rules hold for traffic sent to
+/// a ClusterIP (judged after the node's DNAT, against the backend), and the agent says which
+/// dataplane it runs. `auto` picks nftables here, where nft works.
+#[test]
+fn ebpf_agents_enforce_egress_through_services() {
+    if let Err(e) = sluice::ebpf::object() {
+        eprintln!("skipped: {e:#}");
+        return;
+    }
+    let _serial = serial();
+    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_sluice"));
+    let mut opts = ApiClusterOptions::new(2, Attach::Routed);
+    opts.dataplane = sluice::dataplane::DataplaneKind::Ebpf;
+    opts.agents = vec![AgentMode::External(bin.clone()), AgentMode::External(bin)];
+    let (mut c, mut world) = up(opts);
+    // x/b (node-1) may open connections only to x/a.
+    create(
+        &mut world,
+        serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "b-to-a-only", "namespace": "x"},
+            "spec": {"podSelector": {"matchLabels": {"pod": "b"}}, "policyTypes": ["Egress"],
+                     "egress": [{"to": [{"podSelector": {"matchLabels": {"pod": "a"}}}]}]}
+        }),
+    );
+    c.sync(&mut world.cluster).unwrap();
+    let flows = [
+        flow("x/b", "x/a", true),
+        flow("x/b", "x/c", false),
+        flow("x/b", "y/a", false),
+        flow("x/c", "x/b", true),
+        flow("x/a", "x/c", true),
+    ];
+    eventually_with(
+        c.lab.lab(),
+        &flows,
+        Duration::from_secs(20),
+        connects_via_service,
+    );
+    eventually(c.lab.lab(), &flows, Duration::from_secs(5));
+    let agent = c.external(1).expect("node-1 runs an external agent");
+    let (code, text) = agent.get("/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(
+        metric(
+            &text,
+            "sluice_dataplane_info{dataplane=\"ebpf\",requested=\"ebpf\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sluice::dataplane::choose(sluice::dataplane::DataplaneKind::Auto)
+            .unwrap()
+            .0,
+        sluice::dataplane::DataplaneKind::Nftables
+    );
 }

@@ -42,6 +42,11 @@ fn options(attach: AttachMode) -> BackendOptions {
 }
 
 fn suite(attach: AttachMode) {
+    suite_with(options(attach))
+}
+
+fn suite_with(opts: BackendOptions) {
+    let attach = opts.attach;
     if !ebpf_built() {
         return;
     }
@@ -49,7 +54,7 @@ fn suite(attach: AttachMode) {
     let cases =
         load_cases(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/cases"))
             .unwrap();
-    let mut backend = make_enforcer(&options(attach)).unwrap();
+    let mut backend = make_enforcer(&opts).unwrap();
     assert!(backend.name().contains("ebpf"), "{}", backend.name());
     let opts = RunOptions {
         nodes: 2,
@@ -98,6 +103,16 @@ fn ebpf_conformance_routed() {
 #[test]
 fn ebpf_conformance_bridged() {
     suite(AttachMode::Bridged);
+}
+
+/// Every probe through the destination's ClusterIP, as the upstream suite probes: the pod's
+/// veth sees the ClusterIP, so egress is judged after the node's DNAT.
+#[test]
+fn ebpf_conformance_routed_via_service() {
+    suite_with(BackendOptions {
+        via_service: true,
+        ..options(AttachMode::Routed)
+    });
 }
 
 /// Oracle vs the eBPF dataplane on generated cases. SLUICE_EBPF_FUZZ_CASES and

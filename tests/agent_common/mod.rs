@@ -72,6 +72,24 @@ pub fn connects(lab: &Lab, f: &Flow) -> bool {
     matches!(r, ProbeResult::Connected { .. })
 }
 
+/// Like [`connects`], through the destination's ClusterIP (the lab's kube-proxy-style DNAT).
+pub fn connects_via_service(lab: &Lab, f: &Flow) -> bool {
+    let from = lab
+        .pod(&f.from.namespace, &f.from.name)
+        .expect("source pod");
+    let to = lab
+        .pod(&f.to.namespace, &f.to.name)
+        .expect("destination pod");
+    let r = lab.probe(
+        from,
+        to.service_ip,
+        f.port,
+        Proto::Tcp,
+        Duration::from_millis(400),
+    );
+    matches!(r, ProbeResult::Connected { .. })
+}
+
 /// Probes each flow in a loop until `stop`; counts probes and wrong verdicts (with when).
 pub struct Prober {
     pub stop: AtomicBool,
@@ -108,11 +126,21 @@ impl Prober {
 
 /// Polls until every flow has its verdict (the agents converge asynchronously).
 pub fn eventually(lab: &Lab, flows: &[Flow], timeout: Duration) {
+    eventually_with(lab, flows, timeout, connects)
+}
+
+/// [`eventually`], probing with `probe`.
+pub fn eventually_with(
+    lab: &Lab,
+    flows: &[Flow],
+    timeout: Duration,
+    probe: fn(&Lab, &Flow) -> bool,
+) {
     let start = std::time::Instant::now();
     loop {
         let bad: Vec<String> = flows
             .iter()
-            .filter(|f| connects(lab, f) != f.allowed)
+            .filter(|f| probe(lab, f) != f.allowed)
             .map(|f| format!("{} -> {} should be {}", f.from, f.to, f.allowed))
             .collect();
         if bad.is_empty() {
