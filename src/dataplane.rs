@@ -124,6 +124,9 @@ pub struct DataplaneOptions {
     /// The cluster's Service (ClusterIP) ranges. nftables judges after the node's NAT anyway;
     /// the eBPF dataplane defers a pod's egress check for these destinations until after NAT.
     pub service_cidrs: Vec<ipnet::IpNet>,
+    /// Let the rules outlive this process (the agent): the eBPF dataplane pins its links and
+    /// maps in bpffs (nftables tables stay anyway).
+    pub persist: bool,
 }
 
 /// A dataplane of the given kind (`auto` resolved first) for a network namespace (None: the
@@ -138,6 +141,17 @@ pub fn make(
         DataplaneKind::Ebpf => {
             let mut dp = crate::ebpf::EbpfDataplane::new(netns)?;
             dp.set_service_ranges(&opts.service_cidrs);
+            if opts.persist {
+                let dir = crate::ebpf::pin_dir(netns);
+                match dp.persist_in(&dir) {
+                    Ok(()) => {
+                        tracing::info!(dir = %dir.display(), "eBPF links and maps pinned: rules outlive the agent")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "eBPF rules will not outlive the agent")
+                    }
+                }
+            }
             Box::new(dp)
         }
         _ => Box::new(crate::nft::NftDataplane::new(match netns {

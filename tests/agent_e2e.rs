@@ -187,6 +187,50 @@ fn ebpf_agents_enforce_egress_through_services() {
         Some(1.0),
         "{text}"
     );
+
+    // SIGKILL: the pinned links keep enforcing while no agent runs ...
+    let lab = c.lab.lab();
+    let xb = lab.pod("x", "b").unwrap().clone();
+    let node_ns = lab.node_netns(1).to_string();
+    let ours_on_xb = || {
+        let iface = xb.host_iface.clone();
+        sluice::lab::netns::exec_in(&node_ns, move || {
+            use aya::programs::{SchedClassifier, TcAttachType};
+            [TcAttachType::Ingress, TcAttachType::Egress]
+                .iter()
+                .map(|t| {
+                    SchedClassifier::query_tcx(&iface, *t)
+                        .map(|(_, progs)| progs.len())
+                        .unwrap_or(0)
+                })
+                .sum::<usize>()
+        })
+        .unwrap()
+    };
+    assert_eq!(ours_on_xb(), 2, "one program per direction on x/b's veth");
+    c.external(1).unwrap().kill();
+    std::thread::sleep(Duration::from_millis(500));
+    for f in &flows {
+        assert_eq!(
+            connects_via_service(c.lab.lab(), f),
+            f.allowed,
+            "{} -> {} with node-1's agent down",
+            f.from,
+            f.to
+        );
+    }
+    // ... and the next agent adopts them: its links replace the old ones, none is left over.
+    let agent = c.external(1).unwrap();
+    agent.start().unwrap();
+    agent.wait_ready(Duration::from_secs(30)).unwrap();
+    eventually_with(
+        c.lab.lab(),
+        &flows,
+        Duration::from_secs(5),
+        connects_via_service,
+    );
+    assert_eq!(ours_on_xb(), 2, "the old links were unpinned");
+
     assert_eq!(
         sluice::dataplane::choose(sluice::dataplane::DataplaneKind::Auto)
             .unwrap()

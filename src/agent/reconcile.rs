@@ -66,6 +66,8 @@ impl Reconciler {
         });
         let opts = DataplaneOptions {
             service_cidrs: cfg.service_cidrs.clone(),
+            // Pods keep their isolation while the agent restarts or upgrades.
+            persist: true,
         };
         Ok(Reconciler {
             detector: Detector::new(cfg.netns.clone(), cfg.attach, &cfg.bridge),
@@ -132,14 +134,9 @@ impl Reconciler {
     }
 
     fn stopped(&self) {
-        if self.nft.is_some() {
-            // Rules stay: pods keep their isolation while the agent restarts or upgrades.
-            info!(node = %self.cfg.node, "reconciler stopped; rules left in place");
-        } else {
-            // The eBPF programs and maps are not pinned: they go with this process.
-            warn!(node = %self.cfg.node, dataplane = self.dataplane.name(),
-                "reconciler stopped; the eBPF programs are detached with the agent");
-        }
+        // Rules stay (nftables tables; eBPF links and maps pinned in bpffs): pods keep their
+        // isolation while the agent restarts or upgrades.
+        info!(node = %self.cfg.node, dataplane = self.dataplane.name(), "reconciler stopped; rules left in place");
     }
 
     fn on_change(&mut self, c: Change) {

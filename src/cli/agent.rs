@@ -102,10 +102,17 @@ pub fn run(args: AgentArgs) -> Result<i32> {
         None => Nft::here(),
     };
     if args.cleanup {
+        // Both dataplanes: whichever ran here (or both, after a switch) leaves nothing.
         NftDataplane::new(nft)
             .remove()
             .context("removing sluice's tables")?;
         tracing::info!(netns = ?args.netns, "sluice tables removed");
+        let dir = crate::ebpf::pin_dir(args.netns.as_deref());
+        let links = crate::ebpf::EbpfDataplane::remove_pinned(&dir)
+            .context("removing sluice's pinned eBPF programs and maps")?;
+        if links > 0 {
+            tracing::info!(dir = %dir.display(), links, "sluice eBPF links detached and unpinned");
+        }
         return Ok(0);
     }
     let node = args
@@ -145,11 +152,10 @@ pub fn run(args: AgentArgs) -> Result<i32> {
             "agent running"
         );
         wait_for_signal().await?;
-        if agent.dataplane() == DataplaneKind::Nftables {
-            tracing::info!("stopping; rules stay in place (sluice agent --cleanup removes them)");
-        } else {
-            tracing::info!("stopping; the eBPF programs are detached with the agent");
-        }
+        tracing::info!(
+            dataplane = %agent.dataplane(),
+            "stopping; rules stay in place (sluice agent --cleanup removes them)"
+        );
         tokio::task::block_in_place(|| agent.stop());
         Ok(0)
     })

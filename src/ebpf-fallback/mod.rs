@@ -17,10 +17,12 @@ pub mod translate;
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::maps::{Map, MapData, PerCpuArray};
+use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{self, SchedClassifierLinkId, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
@@ -95,14 +97,48 @@ struct Loaded {
 /// Our two links on one interface.
 struct Attached {
     ifindex: u32,
-    pod_egress: SchedClassifierLinkId,
-    pod_ingress: SchedClassifierLinkId,
+    pod_egress: LinkHandle,
+    pod_ingress: LinkHandle,
 }
 
 /// Our post-NAT link on one of the node's other interfaces.
 struct Uplink {
     ifindex: u32,
-    link: SchedClassifierLinkId,
+    link: LinkHandle,
+}
+
+/// One attachment of ours: owned by the loaded object (detached when it goes), or pinned in
+/// bpffs (it stays attached after our process ends, and the next agent adopts it).
+enum LinkHandle {
+    Owned(SchedClassifierLinkId),
+    Pinned(PinnedLink),
+}
+
+/// Maps kept in the pin directory, so that a restarted agent finds the policy, the flow table
+/// (established connections go on) and the counters where it left them.
+const PINNED_MAPS: [&str; 11] = [
+    "sluice_pods",
+    "sluice_ctxs",
+    "sluice_peers4",
+    "sluice_peers6",
+    "sluice_ports",
+    "sluice_named",
+    "sluice_nat",
+    "sluice_flows",
+    "sluice_frags",
+    "sluice_pending",
+    "sluice_stats",
+];
+
+/// Where a node's pinned programs and maps live: one directory per network namespace.
+pub fn pin_dir(netns: Option<&str>) -> PathBuf {
+    Path::new("/sys/fs/bpf/sluice").join(netns.unwrap_or("host"))
+}
+
+/// bpffs refuses names with a dot (`flannel.1`): `%` escapes, so names stay distinct.
+fn link_pin(dir: &Path, iface: &str, what: &str) -> PathBuf {
+    let iface = iface.replace('%', "%25").replace('.', "%2e");
+    dir.join(format!("link_{iface}_{what}"))
 }
 
 /// The eBPF dataplane of one node: a network namespace (None: the current one).
@@ -120,6 +156,8 @@ pub struct EbpfDataplane {
     /// A failed apply leaves `installed` unsure: the next apply reads the maps back.
     unsure: bool,
     attached: BTreeMap<String, Attached>,
+    /// Pin links and maps here (see `persist_in`); None: everything goes with this object.
+    pin: Option<PathBuf>,
     /// Why some pods fail closed or are not enforced, from the last apply.
     pub warnings: Vec<String>,
 }
@@ -138,8 +176,54 @@ impl EbpfDataplane {
             installed: Entries::new(),
             unsure: false,
             attached: BTreeMap::new(),
+            pin: None,
             warnings: Vec::new(),
         })
+    }
+
+    /// Keeps the programs attached and the maps alive after this object (and the process) is
+    /// gone, pinned under `dir` in bpffs (mounted when it is not): an agent that stops leaves
+    /// the pods enforced, and the next one adopts the maps (policy and flow table) and replaces
+    /// the links without a gap (its links are attached before the old ones are unpinned).
+    /// Needs tcx links (kernel >= 6.6); `remove` unpins everything. Call before the first apply.
+    pub fn persist_in(&mut self, dir: &Path) -> Result<()> {
+        if self.loaded.is_some() {
+            bail!("persist_in is called before the first apply");
+        }
+        if self.mode != AttachMode::Tcx {
+            bail!(
+                "rules cannot outlive the agent with clsact filters (kernel < 6.6 has no tcx links): \
+                 the eBPF programs detach when the agent stops"
+            );
+        }
+        mount_bpffs()?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the pin directory {}", dir.display()))?;
+        self.pin = Some(dir.to_path_buf());
+        Ok(())
+    }
+
+    /// Detaches and unpins what an agent left pinned in `dir` (`sluice agent --cleanup`).
+    /// Returns how many links were detached.
+    pub fn remove_pinned(dir: &Path) -> Result<usize> {
+        let mut links = 0;
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("link_") {
+                unpin_link(&path);
+                links += 1;
+            } else {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        std::fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))?;
+        Ok(links)
     }
 
     pub fn in_netns(netns: &str) -> Result<EbpfDataplane> {
@@ -163,14 +247,54 @@ impl EbpfDataplane {
 
     /// Loads the classifier and its maps (verifier included): whether eBPF works here.
     pub fn probe() -> Result<()> {
-        load().map(|_| ())
+        load(None).map(|_| ())
     }
 
     fn loaded(&mut self) -> Result<&mut Loaded> {
         if self.loaded.is_none() {
-            self.loaded = Some(load()?);
+            let loaded = match &self.pin {
+                None => load(None)?,
+                Some(dir) => match load(Some(dir)) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        // Maps pinned by another version (other sizes): start from fresh maps.
+                        // The old links keep their maps and enforce until ours replace them.
+                        eprintln!(
+                            "sluice: ebpf: the pinned maps in {} cannot be reused ({e:#}); starting with fresh maps",
+                            dir.display()
+                        );
+                        for m in PINNED_MAPS {
+                            let _ = std::fs::remove_file(dir.join(m));
+                        }
+                        load(Some(dir))?
+                    }
+                },
+            };
+            self.loaded = Some(loaded);
         }
         Ok(self.loaded.as_mut().expect("just loaded"))
+    }
+
+    /// Pinned links of a previous agent on interfaces we no longer hold: unpinned, so they go.
+    fn sweep_pins(&self) {
+        let Some(dir) = &self.pin else { return };
+        let mut ours = std::collections::BTreeSet::new();
+        for i in self.attached.keys() {
+            ours.insert(link_pin(dir, i, "egress"));
+            ours.insert(link_pin(dir, i, "ingress"));
+        }
+        for i in self.uplinks.keys() {
+            ours.insert(link_pin(dir, i, "postnat"));
+        }
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if entry.file_name().to_string_lossy().starts_with("link_") && !ours.contains(&path) {
+                unpin_link(&path);
+            }
+        }
     }
 
     /// Runs `f` inside our network namespace (on a short-lived thread when it is not ours).
@@ -239,6 +363,7 @@ impl EbpfDataplane {
         self.run(&plan.before_attach)?;
         let changed = self.sync_attachments(&ifindex)? + self.sync_uplinks(&uplinks)?;
         self.run(&plan.after_detach)?;
+        self.sweep_pins();
         self.unsure = false;
         self.installed = new;
         self.ids = ids;
@@ -281,11 +406,18 @@ impl EbpfDataplane {
         }
         let mode = self.mode;
         let netns = self.netns.clone();
+        let pin = self.pin.clone();
         let l = self.loaded()?;
-        let attached = Self::in_ns(&netns, || -> Result<Vec<(String, Attached)>> {
+        // What was attached is recorded even when a later interface fails, so the next
+        // apply neither attaches it twice (tcx says EEXIST) nor forgets to detach it.
+        let (attached, failed) = Self::in_ns(&netns, || {
             let mut out = Vec::new();
             for (iface, ifindex) in new {
-                let (pod_egress, pod_ingress) = attach(&mut l.ebpf, &iface, mode)?;
+                let (pod_egress, pod_ingress) =
+                    match attach_kept(&mut l.ebpf, &iface, mode, pin.as_deref()) {
+                        Ok(links) => links,
+                        Err(e) => return (out, Some(e)),
+                    };
                 out.push((
                     iface,
                     Attached {
@@ -295,9 +427,12 @@ impl EbpfDataplane {
                     },
                 ));
             }
-            Ok(out)
-        })??;
+            (out, None)
+        })?;
         self.attached.extend(attached);
+        if let Some(e) = failed {
+            return Err(e);
+        }
         Ok(n)
     }
 
@@ -332,34 +467,30 @@ impl EbpfDataplane {
         let gone = self.netns_gone();
         let mode = self.mode;
         let netns = self.netns.clone();
+        let pin = self.pin.clone();
         let stale: Vec<Uplink> = stale
             .iter()
             .filter_map(|i| self.uplinks.remove(i))
             .collect();
         let l = self.loaded()?;
-        let attached = Self::in_ns(&netns, || -> Result<Vec<(String, Uplink)>> {
-            if !gone {
-                if let Ok(p) = program(&mut l.ebpf, PROG_POST_NAT) {
-                    for u in stale {
-                        let _ = p.detach(u.link);
-                    }
-                }
+        let (attached, failed) = Self::in_ns(&netns, || {
+            for u in stale {
+                release(&mut l.ebpf, PROG_POST_NAT, u.link, gone);
             }
             let mut out = Vec::new();
             for (iface, ifindex) in new {
-                if mode == AttachMode::Clsact {
-                    add_clsact(&iface)?;
+                let pin_path = pin.as_ref().map(|d| link_pin(d, &iface, "postnat"));
+                match attach_post_nat(&mut l.ebpf, &iface, mode, pin_path) {
+                    Ok(link) => out.push((iface, Uplink { ifindex, link })),
+                    Err(e) => return (out, Some(e)),
                 }
-                let link = program(&mut l.ebpf, PROG_POST_NAT)?
-                    .attach_with_options(&iface, TcAttachType::Egress, attach_options(mode))
-                    .with_context(|| {
-                        format!("attach {PROG_POST_NAT} to {iface} egress ({})", mode.name())
-                    })?;
-                out.push((iface, Uplink { ifindex, link }));
             }
-            Ok(out)
-        })??;
+            (out, None)
+        })?;
         self.uplinks.extend(attached);
+        if let Some(e) = failed {
+            return Err(e);
+        }
         Ok(n)
     }
 
@@ -370,22 +501,19 @@ impl EbpfDataplane {
 
     /// Detaches our programs from one interface; an interface already gone took them along.
     fn detach(&mut self, iface: &str, a: Attached) {
-        if self.netns_gone() {
-            return;
-        }
+        let gone = self.netns_gone();
         let netns = self.netns.clone();
         let Some(l) = self.loaded.as_mut() else {
             return;
         };
+        if gone {
+            release(&mut l.ebpf, PROG_POD_EGRESS, a.pod_egress, true);
+            release(&mut l.ebpf, PROG_POD_INGRESS, a.pod_ingress, true);
+            return;
+        }
         let r = Self::in_ns(&netns, || {
-            for (name, id) in [
-                (PROG_POD_EGRESS, a.pod_egress),
-                (PROG_POD_INGRESS, a.pod_ingress),
-            ] {
-                if let Ok(p) = program(&mut l.ebpf, name) {
-                    let _ = p.detach(id);
-                }
-            }
+            release(&mut l.ebpf, PROG_POD_EGRESS, a.pod_egress, false);
+            release(&mut l.ebpf, PROG_POD_INGRESS, a.pod_ingress, false);
         });
         if let Err(e) = r {
             eprintln!("sluice: ebpf: detach from {iface}: {e:#}");
@@ -483,12 +611,18 @@ fn map_data(m: &Map) -> &MapData {
     }
 }
 
-/// Loads the object, verifies both programs, and opens the maps we write.
-fn load() -> Result<Loaded> {
-    let mut ebpf = EbpfLoader::new()
-        .btf(aya::Btf::from_sys_fs().ok().as_ref())
-        .load(object()?)
-        .context("loading the eBPF object")?;
+/// Loads the object, verifies the programs, and opens the maps we write; with `pin`, the maps
+/// pinned there are reused (and created and pinned there when missing).
+fn load(pin: Option<&Path>) -> Result<Loaded> {
+    let btf = aya::Btf::from_sys_fs().ok();
+    let mut loader = EbpfLoader::new();
+    loader.btf(btf.as_ref());
+    if let Some(dir) = pin {
+        for m in PINNED_MAPS {
+            loader.map_pin_path(m, dir.join(m));
+        }
+    }
+    let mut ebpf = loader.load(object()?).context("loading the eBPF object")?;
     for name in [PROG_POD_EGRESS, PROG_POD_INGRESS, PROG_POST_NAT] {
         program(&mut ebpf, name)?
             .load()
@@ -537,6 +671,126 @@ fn load() -> Result<Loaded> {
         }
     }
     Ok(Loaded { ebpf, maps })
+}
+
+/// Both pod programs on `iface`, kept (pinned under `pin`); nothing stays attached on failure.
+fn attach_kept(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    mode: AttachMode,
+    pin: Option<&Path>,
+) -> Result<(LinkHandle, LinkHandle)> {
+    let (eg, ing) = attach(ebpf, iface, mode)?;
+    let pin_of = |what| pin.map(|d| link_pin(d, iface, what));
+    let egress = match keep(ebpf, PROG_POD_EGRESS, eg, pin_of("egress")) {
+        Ok(h) => h,
+        Err(e) => {
+            if let Ok(p) = program(ebpf, PROG_POD_INGRESS) {
+                let _ = p.detach(ing);
+            }
+            return Err(e);
+        }
+    };
+    match keep(ebpf, PROG_POD_INGRESS, ing, pin_of("ingress")) {
+        Ok(ingress) => Ok((egress, ingress)),
+        Err(e) => {
+            release(ebpf, PROG_POD_EGRESS, egress, false);
+            Err(e)
+        }
+    }
+}
+
+/// The post-NAT program on `iface`'s tc egress, kept (pinned at `pin`).
+fn attach_post_nat(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    mode: AttachMode,
+    pin: Option<PathBuf>,
+) -> Result<LinkHandle> {
+    if mode == AttachMode::Clsact {
+        add_clsact(iface)?;
+    }
+    let id = program(ebpf, PROG_POST_NAT)?
+        .attach_with_options(iface, TcAttachType::Egress, attach_options(mode))
+        .with_context(|| format!("attach {PROG_POST_NAT} to {iface} egress ({})", mode.name()))?;
+    keep(ebpf, PROG_POST_NAT, id, pin)
+}
+
+/// Keeps a fresh link owned, or takes it from the object and pins it at `pin` (replacing, and
+/// so detaching, a previous agent's link pinned there: ours is already attached).
+fn keep(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    id: SchedClassifierLinkId,
+    pin: Option<PathBuf>,
+) -> Result<LinkHandle> {
+    let Some(path) = pin else {
+        return Ok(LinkHandle::Owned(id));
+    };
+    let link = program(ebpf, prog)?.take_link(id)?;
+    let fd: FdLink = link.try_into().context("only tcx links can be pinned")?;
+    if path.exists() {
+        unpin_link(&path);
+    }
+    let pinned = fd
+        .pin(&path)
+        .with_context(|| format!("pinning a link at {}", path.display()))?;
+    Ok(LinkHandle::Pinned(pinned))
+}
+
+/// Detaches one of our links (`gone`: its interface went with its namespace, nothing to do in
+/// the kernel but unpinning).
+fn release(ebpf: &mut Ebpf, prog: &str, h: LinkHandle, gone: bool) {
+    match h {
+        LinkHandle::Owned(id) => {
+            if !gone {
+                if let Ok(p) = program(ebpf, prog) {
+                    let _ = p.detach(id);
+                }
+            }
+        }
+        // Unpinned and closed, the link's last reference goes and the kernel detaches it.
+        LinkHandle::Pinned(p) => drop(p.unpin()),
+    }
+}
+
+/// Detaches a link pinned at `path` (by a previous agent, or by us).
+fn unpin_link(path: &Path) {
+    match PinnedLink::from_pin(path) {
+        Ok(p) => drop(p.unpin()),
+        Err(_) => {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// bpffs at /sys/fs/bpf, mounted when it is not (a DaemonSet mounts the host's).
+fn mount_bpffs() -> Result<()> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let target = CString::new("/sys/fs/bpf").expect("no NUL");
+    // SAFETY: statfs fills the zeroed struct; the path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(target.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    let fstype = CString::new("bpf").expect("no NUL");
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let r = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        bail!(
+            "/sys/fs/bpf is not a bpf filesystem and mounting one failed ({}): mount it (the DaemonSet mounts the host's)",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
 }
 
 fn attach_options(mode: AttachMode) -> TcAttachOptions {
@@ -737,12 +991,21 @@ impl Dataplane for EbpfDataplane {
         self.installed.clear();
         self.ids.clear();
         self.unsure = false;
+        if let Some(dir) = &self.pin {
+            Self::remove_pinned(dir)?;
+            std::fs::create_dir_all(dir)?;
+        }
         Ok(())
     }
 }
 
 impl Drop for EbpfDataplane {
+    /// Without a pin directory everything goes with us; with one, the pinned links keep
+    /// enforcing for the next agent.
     fn drop(&mut self) {
+        if self.pin.is_some() {
+            return;
+        }
         if let Err(e) = self.remove() {
             eprintln!("sluice: ebpf: remove: {e:#}");
         }

@@ -112,6 +112,8 @@ impl EnforcedLab {
         if slot.is_none() {
             let opts = dataplane::DataplaneOptions {
                 service_cidrs: vec![super::service::service_cidr().into()],
+                // The lab's rules go with the lab.
+                persist: false,
             };
             *slot = Some(dataplane::make(
                 self.kind,

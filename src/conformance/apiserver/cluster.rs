@@ -485,6 +485,16 @@ impl Drop for ApiCluster {
         // Agents first (they would log a storm of watch errors once the API server is gone),
         // then the lab, then the API server.
         self.agents.clear();
+        // eBPF agents pin their links and maps so that they outlive a restart: the lab's
+        // nodes are going, so are their pins.
+        if self.opts.dataplane != crate::dataplane::DataplaneKind::Nftables {
+            for node in 0..self.opts.nodes {
+                let dir = crate::ebpf::pin_dir(Some(self.lab.lab().node_netns(node)));
+                if let Err(e) = crate::ebpf::EbpfDataplane::remove_pinned(&dir) {
+                    eprintln!("sluice: {e:#}");
+                }
+            }
+        }
     }
 }
 
