@@ -45,7 +45,7 @@ fn the_cluster_role_only_reads_pods_namespaces_and_policies() {
 }
 
 #[test]
-fn the_daemonset_runs_the_agent_on_the_node_network_with_net_admin() {
+fn the_daemonset_runs_the_agent_on_the_node_network_with_least_capabilities() {
     let ds = daemonset();
     let spec = ds.spec.unwrap().template.spec.unwrap();
     assert_eq!(spec.host_network, Some(true));
@@ -58,7 +58,20 @@ fn the_daemonset_runs_the_agent_on_the_node_network_with_net_admin() {
         .capabilities
         .as_ref()
         .unwrap();
-    assert_eq!(caps.add.as_deref(), Some(&["NET_ADMIN".to_string()][..]));
+    // NET_ADMIN for nftables and tc; BPF and PERFMON for the eBPF fallback; nothing else.
+    assert_eq!(
+        caps.add.as_deref(),
+        Some(&["NET_ADMIN".to_string(), "BPF".into(), "PERFMON".into()][..])
+    );
+    // The host's bpffs, where the eBPF fallback pins what must outlive the agent.
+    let bpffs = spec
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "bpffs")
+        .unwrap();
+    assert_eq!(bpffs.host_path.as_ref().unwrap().path, "/sys/fs/bpf");
     assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
     let env = &c.env.as_ref().unwrap()[0];
     assert_eq!(env.name, "NODE_NAME");

@@ -315,4 +315,40 @@ mod tests {
         apply_ops(&mut now, &p.after_detach);
         assert_eq!(now, new);
     }
+
+    /// Deferring to the post-NAT hook starts only after it is attached, and stops before it
+    /// is detached: Service ranges are added after attaching and removed before detaching.
+    #[test]
+    fn service_ranges_wait_for_the_post_nat_hooks() {
+        let ifx: BTreeMap<String, u32> = [("veth0".to_string(), 7)].into();
+        let t = world(ctx(&[("10.0.0.1/32", 0)], &[(80, 0)]), "egress:a");
+        let ids = assign_ids(&t, &BTreeMap::new(), &Entries::new());
+        let old: IpNet = "10.96.0.0/16".parse().unwrap();
+        let new: IpNet = "10.97.0.0/16".parse().unwrap();
+        let before = entries(&t, &ids, &ifx, &[old]);
+        let after = entries(&t, &ids, &ifx, &[new]);
+        let p = plan(&before, &after);
+        assert_eq!(
+            p.before_attach,
+            vec![Op::Delete(MapId::Nat, layout::nat_key(&old))]
+        );
+        assert_eq!(
+            p.after_detach,
+            vec![Op::Update(
+                MapId::Nat,
+                layout::nat_key(&new),
+                layout::nat_val()
+            )]
+        );
+        // IPv4 ranges are keyed as IPv4-mapped IPv6 prefixes, as the classifier looks them up.
+        let k = layout::nat_key(&old);
+        assert_eq!(u32::from_ne_bytes(k[0..4].try_into().unwrap()), 96 + 16);
+        assert_eq!(
+            &k[4..20],
+            &"::ffff:10.96.0.0"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets()
+        );
+    }
 }
