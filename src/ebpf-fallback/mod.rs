@@ -388,17 +388,7 @@ impl EbpfDataplane {
     /// Attaches to interfaces that are new (or came back with a new index), detaches from
     /// those that are gone. Returns how many interfaces changed.
     fn sync_attachments(&mut self, want: &BTreeMap<String, u32>) -> Result<usize> {
-        let stale: Vec<String> = self
-            .attached
-            .iter()
-            .filter(|(i, a)| want.get(*i) != Some(&a.ifindex))
-            .map(|(i, _)| i.clone())
-            .collect();
-        let new: Vec<(String, u32)> = want
-            .iter()
-            .filter(|(i, x)| self.attached.get(*i).map(|a| a.ifindex) != Some(**x))
-            .map(|(i, x)| (i.clone(), *x))
-            .collect();
+        let (stale, new) = changed_interfaces(&self.attached, |a| a.ifindex, want);
         let n = stale.len() + new.len();
         for iface in stale {
             let a = self.attached.remove(&iface).expect("listed");
@@ -452,17 +442,7 @@ impl EbpfDataplane {
 
     /// Attaches the post-NAT program to new uplinks, detaches it from those gone or now pods.
     fn sync_uplinks(&mut self, want: &BTreeMap<String, u32>) -> Result<usize> {
-        let stale: Vec<String> = self
-            .uplinks
-            .iter()
-            .filter(|(i, u)| want.get(*i) != Some(&u.ifindex))
-            .map(|(i, _)| i.clone())
-            .collect();
-        let new: Vec<(String, u32)> = want
-            .iter()
-            .filter(|(i, x)| self.uplinks.get(*i).map(|u| u.ifindex) != Some(**x))
-            .map(|(i, x)| (i.clone(), *x))
-            .collect();
+        let (stale, new) = changed_interfaces(&self.uplinks, |u| u.ifindex, want);
         let n = stale.len() + new.len();
         let gone = self.netns_gone();
         let mode = self.mode;
@@ -561,6 +541,26 @@ const COUNTERS: [&str; 17] = [
     "pass_deferred",
     "drop_deferred",
 ];
+
+/// Against the interfaces we hold (`have`), those of `want` that are gone or came back with
+/// another index (stale: to detach) and those that are new or came back (to attach).
+fn changed_interfaces<T>(
+    have: &BTreeMap<String, T>,
+    index: impl Fn(&T) -> u32,
+    want: &BTreeMap<String, u32>,
+) -> (Vec<String>, Vec<(String, u32)>) {
+    let stale = have
+        .iter()
+        .filter(|(i, h)| want.get(*i) != Some(&index(h)))
+        .map(|(i, _)| i.clone())
+        .collect();
+    let new = want
+        .iter()
+        .filter(|(i, x)| have.get(*i).map(&index) != Some(**x))
+        .map(|(i, x)| (i.clone(), *x))
+        .collect();
+    (stale, new)
+}
 
 /// Every interface of the current network namespace, by name.
 fn interfaces() -> Vec<(String, u32)> {

@@ -62,31 +62,23 @@ pub fn flow(from: &str, to: &str, allowed: bool) -> Flow {
 }
 
 pub fn connects(lab: &Lab, f: &Flow) -> bool {
-    let from = lab
-        .pod(&f.from.namespace, &f.from.name)
-        .expect("source pod");
-    let to = lab
-        .pod(&f.to.namespace, &f.to.name)
-        .expect("destination pod");
-    let r = lab.probe(from, to.ip, f.port, Proto::Tcp, Duration::from_millis(400));
-    matches!(r, ProbeResult::Connected { .. })
+    probe_flow(lab, f, false)
 }
 
 /// Like [`connects`], through the destination's ClusterIP (the lab's kube-proxy-style DNAT).
 pub fn connects_via_service(lab: &Lab, f: &Flow) -> bool {
+    probe_flow(lab, f, true)
+}
+
+fn probe_flow(lab: &Lab, f: &Flow, via_service: bool) -> bool {
     let from = lab
         .pod(&f.from.namespace, &f.from.name)
         .expect("source pod");
     let to = lab
         .pod(&f.to.namespace, &f.to.name)
         .expect("destination pod");
-    let r = lab.probe(
-        from,
-        to.service_ip,
-        f.port,
-        Proto::Tcp,
-        Duration::from_millis(400),
-    );
+    let target = if via_service { to.service_ip } else { to.ip };
+    let r = lab.probe(from, target, f.port, Proto::Tcp, Duration::from_millis(400));
     matches!(r, ProbeResult::Connected { .. })
 }
 
