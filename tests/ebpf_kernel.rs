@@ -236,3 +236,27 @@ spec: {podSelector: {}}
     .unwrap();
     assert_eq!(left, 0, "programs still attached");
 }
+
+/// The clsact path (kernels before 6.6), forced on this kernel: the example shop through its
+/// ClusterIPs, every cell as the oracle says, routed and bridged (`sluice lab run` compares).
+#[test]
+fn ebpf_clsact_attachment_enforces_like_tcx() {
+    if !ebpf_built() {
+        return;
+    }
+    for attach in ["routed", "bridged"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["lab", "run", "-m", "examples/shop", "--dataplane", "ebpf"])
+            .args(["--via", "service", "--attach", attach])
+            .env("SLUICE_EBPF_ATTACH", "clsact")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("140 cells: 140 matched, 0 mismatched"),
+            "{attach}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -75,7 +75,14 @@ pub enum AttachMode {
 }
 
 impl AttachMode {
+    /// tcx from kernel 6.6 on, clsact before; `SLUICE_EBPF_ATTACH=clsact|tcx` forces one
+    /// (a kernel whose tcx misbehaves, or testing the clsact path on a new kernel).
     pub fn for_running_kernel() -> AttachMode {
+        match std::env::var("SLUICE_EBPF_ATTACH").as_deref() {
+            Ok("clsact") => return AttachMode::Clsact,
+            Ok("tcx") => return AttachMode::Tcx,
+            _ => {}
+        }
         match aya::util::KernelVersion::current() {
             Ok(v) if v >= aya::util::KernelVersion::new(6, 6, 0) => AttachMode::Tcx,
             _ => AttachMode::Clsact,
