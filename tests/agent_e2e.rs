@@ -14,6 +14,10 @@ use sluice::compile::Attach;
 use sluice::conformance::apiserver::{http_get, AgentMode, ApiClusterOptions};
 
 fn suite(attach: &str) {
+    suite_with(attach, &[]);
+}
+
+fn suite_with(attach: &str, extra: &[&str]) {
     let _serial = serial();
     let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args([
@@ -27,6 +31,7 @@ fn suite(attach: &str) {
             "--output",
             "json",
         ])
+        .args(extra)
         .output()
         .expect("run sluice");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -65,6 +70,17 @@ fn suite(attach: &str) {
 #[test]
 fn conformance_through_the_apiserver_routed() {
     suite("routed");
+}
+
+/// The same suite with every agent enforcing through the eBPF fallback, probed through the
+/// pods' ClusterIPs as the upstream suite probes.
+#[test]
+fn conformance_through_the_apiserver_ebpf_via_service() {
+    if let Err(e) = sluice::ebpf::object() {
+        eprintln!("skipped: {e:#}");
+        return;
+    }
+    suite_with("routed", &["--dataplane", "ebpf", "--via", "service"]);
 }
 
 #[test]
