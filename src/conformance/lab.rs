@@ -75,6 +75,33 @@ pub fn judged(r: &ProbeResult, expected: bool) -> Observed {
     }
 }
 
+/// Probes the cells in parallel in `lab` and judges each against its expectation; every cell
+/// is skipped with `not_up` when there is no lab. Shared by the lab and API-server backends.
+pub fn probe_cells(
+    lab: Option<&EnforcedLab>,
+    not_up: &str,
+    cells: &[ProbeCell],
+    via_service: bool,
+    port: u16,
+    protocol: Protocol,
+) -> Vec<Observed> {
+    let Some(lab) = lab else {
+        return cells
+            .iter()
+            .map(|_| Observed::Skipped(not_up.into()))
+            .collect();
+    };
+    let list: Vec<(ObjectName, ObjectName, bool)> = cells
+        .iter()
+        .map(|c| (c.from.clone(), c.to.clone(), c.expected))
+        .collect();
+    lab.probe_many(&list, via_service, port, protocol)
+        .iter()
+        .zip(cells)
+        .map(|(r, c)| judged(r, c.expected))
+        .collect()
+}
+
 impl Enforcer for LabEnforcer {
     fn name(&self) -> String {
         format!(
@@ -123,21 +150,14 @@ impl Enforcer for LabEnforcer {
     }
 
     fn probe_all(&mut self, cells: &[ProbeCell], port: u16, protocol: Protocol) -> Vec<Observed> {
-        let Some(lab) = &self.lab else {
-            return cells
-                .iter()
-                .map(|_| Observed::Skipped("the lab is not up".into()))
-                .collect();
-        };
-        let list: Vec<(ObjectName, ObjectName, bool)> = cells
-            .iter()
-            .map(|c| (c.from.clone(), c.to.clone(), c.expected))
-            .collect();
-        lab.probe_many(&list, self.via_service, port, protocol)
-            .iter()
-            .zip(cells)
-            .map(|(r, c)| judged(r, c.expected))
-            .collect()
+        probe_cells(
+            self.lab.as_ref(),
+            "the lab is not up",
+            cells,
+            self.via_service,
+            port,
+            protocol,
+        )
     }
 
     fn teardown(&mut self) {

@@ -24,7 +24,7 @@ pub use external::{http_get, ExternalAgent};
 use anyhow::Result;
 
 use super::backend::{AttachMode, Enforcer, Observed, ProbeCell};
-use super::lab::judged;
+use super::lab::{judged, probe_cells};
 use crate::policy::{Cluster, ObjectName, Protocol};
 
 /// The runner's backend: one API server, lab and agent set for the whole run; every case
@@ -108,22 +108,14 @@ impl Enforcer for ApiserverEnforcer {
     }
 
     fn probe_all(&mut self, cells: &[ProbeCell], port: u16, protocol: Protocol) -> Vec<Observed> {
-        let Some(c) = &self.cluster else {
-            return cells
-                .iter()
-                .map(|_| Observed::Skipped("the cluster is not up".into()))
-                .collect();
-        };
-        let list: Vec<(ObjectName, ObjectName, bool)> = cells
-            .iter()
-            .map(|c| (c.from.clone(), c.to.clone(), c.expected))
-            .collect();
-        c.lab
-            .probe_many(&list, self.via_service, port, protocol)
-            .iter()
-            .zip(cells)
-            .map(|(r, c)| judged(r, c.expected))
-            .collect()
+        probe_cells(
+            self.cluster.as_ref().map(|c| &c.lab),
+            "the cluster is not up",
+            cells,
+            self.via_service,
+            port,
+            protocol,
+        )
     }
 
     fn teardown(&mut self) {
