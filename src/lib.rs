@@ -16,4 +16,5 @@ pub mod lab;
 pub mod manifests;
 pub mod nft;
 pub mod policy;
+pub mod review;
 pub mod synth;

@@ -23,6 +23,10 @@ pub struct ExplainArgs {
     protocol: Protocol,
     #[arg(long, value_enum, default_value = "text")]
     output: TextOrJson,
+    /// Propose the smallest verified change that allows the flow (`--fix`, `--fix allow`) or
+    /// denies it (`--fix deny`), with every other cell it changes (see docs/review.md).
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "allow", value_name = "GOAL")]
+    fix: Option<super::fix::FixGoal>,
 }
 
 pub fn parse_protocol(s: &str) -> Result<Protocol, String> {
@@ -48,6 +52,9 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<i32> {
         protocol: args.protocol,
     };
     let mut verdict = evaluate(&cluster, &flow).map_err(BadInput)?;
+    if let Some(goal) = args.fix {
+        return super::fix::run(&cluster, &flow, verdict, goal, args.output);
+    }
     match args.output {
         // Load problems already went to stderr.
         TextOrJson::Text => print!("{verdict}"),

@@ -3,9 +3,14 @@
 mod agent;
 mod conformance;
 mod dataplane;
+mod diff;
 mod explain;
+mod fix;
 mod lab;
+mod lint;
 mod matrix;
+mod meta;
+pub mod source;
 
 use std::path::PathBuf;
 
@@ -30,6 +35,18 @@ enum Command {
     Explain(explain::ExplainArgs),
     /// Print the truth table between all pods, for each port and protocol.
     Matrix(matrix::MatrixArgs),
+    /// Every cell whose verdict differs between two snapshots (a pull-request gate).
+    ///
+    /// Exit code 0 when nothing changes, 1 when something does, 2 on bad input.
+    Diff(diff::DiffArgs),
+    /// Findings about policies that look wrong, with a one-line fix each.
+    ///
+    /// Exit code 1 when any finding is an error, 0 otherwise, 2 on bad input.
+    Lint(lint::LintArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions(meta::CompletionsArgs),
+    /// Write man pages (one per command) into a directory, or print sluice(1) to stdout.
+    Man(meta::ManArgs),
     /// The lab: a cluster of network namespaces on this machine, enforced by sluice.
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -94,11 +111,14 @@ fn bench(args: BenchArgs) -> anyhow::Result<i32> {
 pub struct ManifestArgs {
     /// A manifest file or directory (searched recursively for .yaml, .yml and .json);
     /// repeatable. YAML with several documents, JSON and `kind: List` are read.
-    #[arg(long = "manifests", short = 'm', required = true, value_name = "PATH")]
+    /// `cluster:` (or `cluster:CONTEXT`) reads the live cluster instead.
+    #[arg(long = "manifests", short = 'm', value_name = "PATH")]
     pub manifests: Vec<PathBuf>,
     /// Treat invalid objects as bad input (exit 2) instead of leaving them out.
     #[arg(long)]
     pub strict: bool,
+    #[command(flatten)]
+    pub kube: source::KubeArgs,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -123,7 +143,7 @@ impl ManifestArgs {
     /// Loads the snapshot, prints the summary and every problem to stderr.
     pub fn load(&self) -> anyhow::Result<(Cluster, LoadSummary)> {
         let (cluster, summary) =
-            crate::manifests::load(&self.manifests).map_err(|e| BadInput(format!("{e:#}")))?;
+            source::load(&self.manifests, &self.kube).map_err(|e| BadInput(format!("{e:#}")))?;
         eprintln!("sluice: {}", summary.line());
         for p in &cluster.errors {
             eprintln!("sluice: error: {p}");
@@ -144,10 +164,27 @@ impl ManifestArgs {
 
 /// Parses the command line, runs the command and returns the process exit code.
 pub fn run() -> i32 {
-    let cli = Cli::parse();
+    if meta::invoked_as_plugin() {
+        return run_plugin();
+    }
+    run_with(Cli::parse())
+}
+
+/// `kubectl sluice ...` (krew's convention: a binary named kubectl-sluice on PATH): the same
+/// commands, named `kubectl sluice` in help, reading the live cluster when no -m is given.
+pub fn run_plugin() -> i32 {
+    source::set_plugin_mode();
+    run_with(meta::parse_plugin())
+}
+
+fn run_with(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Explain(a) => explain::run(a),
         Command::Matrix(a) => matrix::run(a),
+        Command::Diff(a) => diff::run(a),
+        Command::Lint(a) => lint::run(a),
+        Command::Completions(a) => meta::completions(a),
+        Command::Man(a) => meta::man(a),
         Command::Bench(a) => bench(a),
         Command::Conformance(a) => conformance::run(a),
         Command::Agent(a) => agent::run(a),

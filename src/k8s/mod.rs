@@ -9,6 +9,7 @@
 pub mod client;
 pub mod convert;
 pub mod export;
+pub mod snapshot;
 pub mod testenv;
 pub mod watch;
 

@@ -87,6 +87,12 @@ pub struct Matrix {
 }
 
 impl Matrix {
+    /// The group of pod `pod` (index into `pods`): two pods of one group have the same verdict
+    /// towards and from every other pod, so callers can work per group instead of per pod.
+    pub fn group_of(&self, pod: usize) -> usize {
+        self.group_of[pod]
+    }
+
     /// Whether pod `from` (index into `pods`) may reach pod `to` on column `col`.
     pub fn allowed(&self, from: usize, to: usize, col: usize) -> bool {
         if from == to {

@@ -225,6 +225,9 @@ pub struct Cluster {
     pub invalid_policies: BTreeMap<ObjectName, Option<Selector>>,
     /// Things that work but deserve a look (undeclared namespaces, normalised CIDRs, ...).
     pub warnings: Vec<String>,
+    /// Namespaces that pods or policies use but no Namespace object declares (lint reports
+    /// policies in them: the API server refuses objects in a namespace that does not exist).
+    pub undeclared_namespaces: std::collections::BTreeSet<String>,
 }
 
 impl Cluster {
@@ -280,6 +283,7 @@ impl Cluster {
 
     /// Adds or replaces a namespace, making sure it carries its name label.
     pub fn upsert_namespace(&mut self, ns: Namespace) {
+        self.undeclared_namespaces.remove(&ns.name);
         self.namespaces.insert(ns.name.clone(), ns);
     }
 
@@ -337,6 +341,7 @@ impl Cluster {
             ));
             self.namespaces
                 .insert(ns.to_string(), Namespace::new(ns, Labels::new()));
+            self.undeclared_namespaces.insert(ns.to_string());
         }
     }
 }
