@@ -61,6 +61,11 @@ fn ports_covered(need: &Ports, have: &Ports) -> bool {
     })
 }
 
+fn overlaps(a: &Ports, b: &Ports) -> bool {
+    a.iter()
+        .any(|x| b.iter().any(|y| x.0 == y.0 && x.1 <= y.2 && y.1 <= x.2))
+}
+
 fn matches_pod(cluster: &Cluster, policy_ns: &str, rule: &Rule, pod: &Pod) -> bool {
     rule.peers.is_empty()
         || rule.peers.iter().any(|peer| match peer {
@@ -134,8 +139,11 @@ fn covered_for(
         let mut have = Ports::new();
         for (name, k, ons, o) in others {
             if matches_pod(cluster, ons, o, e) {
-                have.extend(rule_ports(o, Some(dst)));
-                used.insert(format!("{name} rule {k}"));
+                let ports = rule_ports(o, Some(dst));
+                if overlaps(&need, &ports) {
+                    used.insert(format!("{name} rule {k}"));
+                }
+                have.extend(ports);
             }
         }
         if !ports_covered(&need, &have) {
@@ -151,7 +159,10 @@ fn covered_for(
         for (name, k, _, o) in others {
             if ports_covered(&need, &rule_ports(o, ext_dst)) {
                 let ext = external(o);
-                if !ext.is_empty() {
+                if ext
+                    .iter()
+                    .any(|q| outside.iter().any(|p| p.contains(q) || q.contains(p)))
+                {
                     used.insert(format!("{name} rule {k}"));
                 }
                 cover.extend(ext);
