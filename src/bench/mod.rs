@@ -7,6 +7,7 @@ mod dataplane;
 mod matrix;
 pub mod memory;
 mod netperf;
+pub mod review;
 
 use serde::Serialize;
 
@@ -28,6 +29,8 @@ pub enum Section {
     Dataplane,
     Netperf,
     Memory,
+    /// diff of two 10k-policy sets; matrix at 150k pods x 10k policies (time, peak RSS).
+    Review,
 }
 
 pub fn run(sections: &[Section], quick: bool) -> anyhow::Result<Vec<Measurement>> {
@@ -38,6 +41,7 @@ pub fn run(sections: &[Section], quick: bool) -> anyhow::Result<Vec<Measurement>
             Section::Dataplane => out.extend(dataplane::run(quick)?),
             Section::Netperf => out.extend(netperf::run(quick)?),
             Section::Memory => out.extend(memory::run(quick)?),
+            Section::Review => out.extend(review::run(quick)?),
         }
     }
     Ok(out)

@@ -77,9 +77,20 @@ struct BenchArgs {
     /// Internal: hold a synthetic snapshot of PODS,POLICIES and print peak memory.
     #[arg(long, hide = true, value_name = "PODS,POLICIES")]
     memory_child: Option<String>,
+    /// Internal: compute the matrix of a synthetic PODS,POLICIES snapshot, print time and RSS.
+    #[arg(long, hide = true, value_name = "PODS,POLICIES")]
+    matrix_child: Option<String>,
 }
 
 fn bench(args: BenchArgs) -> anyhow::Result<i32> {
+    if let Some(spec) = &args.matrix_child {
+        let (pods, policies) = spec
+            .split_once(',')
+            .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+            .ok_or_else(|| BadInput("--matrix-child PODS,POLICIES".into()))?;
+        crate::bench::review::matrix_child(pods, policies);
+        return Ok(0);
+    }
     if let Some(spec) = &args.memory_child {
         let (pods, policies) = spec
             .split_once(',')

@@ -291,6 +291,9 @@ struct PeerCache<'a> {
     ctx: &'a Ctx<'a>,
     family: Family,
     pods: std::cell::RefCell<HashMap<(String, NamespaceScope, Selector), Bits>>,
+    /// ipBlocks repeat across policies (the same egress CIDR in every namespace): each is
+    /// matched against every group once.
+    blocks: std::cell::RefCell<HashMap<IpBlock, Bits>>,
 }
 
 impl<'a> PeerCache<'a> {
@@ -299,6 +302,7 @@ impl<'a> PeerCache<'a> {
             ctx,
             family,
             pods: Default::default(),
+            blocks: Default::default(),
         }
     }
 
@@ -306,12 +310,16 @@ impl<'a> PeerCache<'a> {
         let n = self.ctx.reps.len();
         match peer {
             Peer::IpBlock(block) => {
+                if let Some(b) = self.blocks.borrow().get(block) {
+                    return b.clone();
+                }
                 let mut b = Bits::new(n);
                 for (g, p) in self.ctx.reps.iter().enumerate() {
                     if address(p, self.family).is_some_and(|ip| block.contains(ip)) {
                         b.set(g);
                     }
                 }
+                self.blocks.borrow_mut().insert(block.clone(), b.clone());
                 b
             }
             Peer::Pods { namespaces, pods } => {
