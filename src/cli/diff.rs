@@ -153,6 +153,15 @@ fn write_json(out: &mut impl std::io::Write, d: &Diff) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `1 cell`, `2 cells`.
+pub fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
 fn columns_text(cols: &[PortProto]) -> String {
     cols.iter()
         .map(|c| format!("{}/{}", c.port, c.protocol))
@@ -174,9 +183,9 @@ pub fn render_text(d: &Diff, absent: AbsentPods) -> String {
     } else {
         let _ = writeln!(
             s,
-            "{} cells change, in {} groups ({} pods compared on {})",
-            d.cell_count(),
-            d.lines.len(),
+            "{} change, in {} ({} pods compared on {})",
+            count(d.cell_count(), "cell"),
+            count(d.lines.len(), "group"),
             d.pods.len(),
             columns_text(&d.columns)
         );
@@ -184,12 +193,12 @@ pub fn render_text(d: &Diff, absent: AbsentPods) -> String {
     for (i, l) in d.lines.iter().enumerate() {
         let _ = writeln!(
             s,
-            "{} [{i}] {} -> {}  on {}  ({} cells)",
+            "{} [{i}] {} -> {}  on {}  ({})",
             if l.opens() { '+' } else { '-' },
             describe(&l.from, &d.pods),
             describe(&l.to, &d.pods),
             columns_text(&l.columns),
-            l.cell_count()
+            count(l.cell_count(), "cell")
         );
         let _ = writeln!(s, "    before: {}", l.before.reason);
         let _ = writeln!(s, "    after:  {}", l.after.reason);

@@ -114,14 +114,14 @@ fn render_text(f: &Fix, wanted: &str) -> String {
     } else {
         let _ = writeln!(
             s,
-            "  also changes {} other cells (compared on {}):",
-            f.also.len(),
+            "  also changes {} (compared on {}):",
+            super::diff::count(f.also.len(), "other cell"),
             cols.join(", ")
         );
         for (i, l) in f.changes.lines.iter().enumerate() {
             let _ = writeln!(
                 s,
-                "  {} [{i}] {} -> {}  on {}  ({} cells{})",
+                "  {} [{i}] {} -> {}  on {}  ({}{})",
                 if l.opens() { '+' } else { '-' },
                 describe(&l.from, &f.changes.pods),
                 describe(&l.to, &f.changes.pods),
@@ -130,7 +130,7 @@ fn render_text(f: &Fix, wanted: &str) -> String {
                     .map(|c| format!("{}/{}", c.port, c.protocol))
                     .collect::<Vec<_>>()
                     .join(", "),
-                l.cell_count(),
+                super::diff::count(l.cell_count(), "cell"),
                 if f.also.iter().all(|c| c.line != i) {
                     ", the flow itself"
                 } else {
@@ -140,7 +140,8 @@ fn render_text(f: &Fix, wanted: &str) -> String {
         }
     }
     for (d, n) in &f.alternatives {
-        let _ = writeln!(s, "  alternative: {d} (also changes {n} other cells)");
+        let n = super::diff::count(*n, "other cell");
+        let _ = writeln!(s, "  alternative: {d} (also changes {n})");
     }
     let _ = writeln!(s, "---");
     s.push_str(&f.manifests);

@@ -36,8 +36,9 @@ fn equals(pairs: &[(&String, &String)]) -> Selector {
     Selector { requirements }
 }
 
-/// The smallest set of `pod`'s stable labels that selects, in its namespace, exactly the pods
-/// that carry all of them (its replicas), as a selector.
+/// The smallest non-empty set of `pod`'s stable labels that selects, in its namespace, exactly
+/// the pods that carry all of them (its replicas), as a selector. Never `{}` when the pod has
+/// a stable label: a pod alone in its namespace must not open the namespace to newcomers.
 pub fn pod_selector(cluster: &Cluster, pod: &Pod) -> Selector {
     let stable: Vec<(&String, &String)> = pod
         .labels
@@ -57,7 +58,8 @@ pub fn pod_selector(cluster: &Cluster, pod: &Pod) -> Selector {
     }
     let target = picks(&full);
     let n = stable.len();
-    let mut subsets: Vec<u32> = (0..1u32 << n).collect();
+    let first = u32::from(n > 0);
+    let mut subsets: Vec<u32> = (first..1u32 << n).collect();
     subsets.sort_by_key(|m| m.count_ones());
     for mask in subsets {
         let chosen: Vec<(&String, &String)> = (0..n)
@@ -183,11 +185,25 @@ fn exclusion(
     best.map(|(_, r)| r)
 }
 
-fn with(sel: &Selector, req: Requirement) -> Selector {
+/// `sel` with `key NotIn [value]` added. When `sel` already demands `key In (...)`, the value
+/// is taken out of that list instead, and None means nothing is left to select.
+fn with(sel: &Selector, req: Requirement) -> Option<Selector> {
     let mut s = sel.clone();
-    s.requirements.push(req);
-    s.requirements.sort();
-    s
+    let value = &req.values[0];
+    if let Some(r) = s
+        .requirements
+        .iter_mut()
+        .find(|r| r.key == req.key && r.operator == Operator::In)
+    {
+        r.values.retain(|v| v != value);
+        if r.values.is_empty() {
+            return None;
+        }
+    } else {
+        s.requirements.push(req);
+        s.requirements.sort();
+    }
+    Some(s)
 }
 
 /// `peers` minus `far`: peers that match it are narrowed (a NotIn on one of its labels, an
@@ -224,24 +240,28 @@ pub fn peers_without(cluster: &Cluster, policy_ns: &str, peers: &[Peer], far: Fa
                 let pod = far.pod.expect("a pod peer matched a pod");
                 let matched = |p: &Pod| cluster.pod_peer_matches(policy_ns, namespaces, pods, p);
                 match exclusion(cluster, pod, matched) {
-                    Some(req) => out.push(Peer::Pods {
-                        namespaces: namespaces.clone(),
-                        pods: with(pods, req),
-                    }),
+                    Some(req) => {
+                        if let Some(pods) = with(pods, req) {
+                            out.push(Peer::Pods {
+                                namespaces: namespaces.clone(),
+                                pods,
+                            });
+                        }
+                    }
                     None => {
                         // No label to tell it apart: leave its namespace out.
+                        let not_its_ns = Requirement {
+                            key: NAMESPACE_NAME_LABEL.to_string(),
+                            operator: Operator::NotIn,
+                            values: vec![pod.namespace.clone()],
+                        };
                         if let NamespaceScope::Selected(ns) = namespaces {
-                            out.push(Peer::Pods {
-                                namespaces: NamespaceScope::Selected(with(
-                                    ns,
-                                    Requirement {
-                                        key: NAMESPACE_NAME_LABEL.to_string(),
-                                        operator: Operator::NotIn,
-                                        values: vec![pod.namespace.clone()],
-                                    },
-                                )),
-                                pods: pods.clone(),
-                            });
+                            if let Some(ns) = with(ns, not_its_ns) {
+                                out.push(Peer::Pods {
+                                    namespaces: NamespaceScope::Selected(ns),
+                                    pods: pods.clone(),
+                                });
+                            }
                         }
                     }
                 }
