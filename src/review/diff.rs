@@ -214,14 +214,13 @@ pub fn diff(old: &Cluster, new: &Cluster, columns: &[PortProto], absent: AbsentP
             } else {
                 (ca.rep, cb.rep)
             };
-            for col in 0..columns.len() {
+            for (col, &c) in columns.iter().enumerate() {
                 let before = verdict(&m_old, src.old, dst.old, col).unwrap_or(false);
                 let after = verdict(&m_new, src.new, dst.new, col).unwrap_or(false);
                 if before == after {
                     continue;
                 }
                 let (from, to) = (&ca.members[0], pod_name(&classes, b, a == b));
-                let c = columns[col];
                 let explain = |cluster: &Cluster, present: bool, which: &str| {
                     if present {
                         decide(cluster, from, to, c.port, c.protocol)
@@ -355,14 +354,14 @@ mod tests {
         let d = diff(&old, &new, &columns, AbsentPods::Skip);
         let (a, b) = (compute(&old, &columns), compute(&new, &columns));
         let mut want = BTreeSet::new();
-        for c in 0..columns.len() {
+        for (c, &column) in columns.iter().enumerate() {
             for i in 0..a.pods.len() {
                 for j in 0..a.pods.len() {
                     if i != j && a.allowed(i, j, c) != b.allowed(i, j, c) {
                         want.insert((
                             a.pods[i].clone(),
                             a.pods[j].clone(),
-                            columns[c],
+                            column,
                             a.allowed(i, j, c),
                         ));
                     }

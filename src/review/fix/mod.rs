@@ -7,9 +7,10 @@
 //!   - the flow's port added to an existing rule whose peers already match,
 //!   - a new policy selecting the pod (and its replicas) with one rule for the flow
 //!     (policyTypes of that direction only, so it isolates nothing new).
+//!
 //! Deny: one side suffices; every rule on that side that allows the flow is narrowed to
-//!   (peers minus the far end) x ports + peers x (ports minus the port), or, when the side is
-//!   not isolated, a new policy isolates the pod with an allow-all narrowed the same way.
+//! (peers minus the far end) x ports + peers x (ports minus the port), or, when the side is
+//! not isolated, a new policy isolates the pod with an allow-all narrowed the same way.
 //!
 //! Every combination is applied as YAML on top of the snapshot ([`super::render::apply_on_top`]),
 //! the flow is evaluated again, and the two truth tables are compared over [`fix_columns`].

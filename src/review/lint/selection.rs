@@ -76,9 +76,7 @@ pub fn peer_selects_nothing(cluster: &Cluster) -> Vec<Raw> {
                     NamespaceScope::Selected(sel)
                         if !cluster.namespaces.values().any(|n| sel.matches(&n.labels)) =>
                     {
-                        format!(
-                            "its namespaceSelector matches no namespace (namespaces carry the label kubernetes.io/metadata.name=<name>)"
-                        )
+                        "its namespaceSelector matches no namespace (namespaces carry the label kubernetes.io/metadata.name=<name>)".to_string()
                     }
                     _ => "no pod matches its selectors".to_string(),
                 };
@@ -158,9 +156,7 @@ pub fn named_port_undeclared(cluster: &Cluster) -> Vec<Raw> {
                         "no pod {whose} declares a {} port named {name}{hint}, so this clause matches nothing",
                         port.protocol
                     ),
-                    fix: format!(
-                        "use the containerPort name (or number) the destination pods declare, with its protocol"
-                    ),
+                    fix: "use the containerPort name (or number) the destination pods declare, with its protocol".into(),
                 });
             }
         }
