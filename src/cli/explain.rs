@@ -92,6 +92,7 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<i32> {
         protocol: args.protocol,
     };
     let mut verdict = evaluate(&cluster, &flow).map_err(BadInput)?;
+    verdict.warnings.extend(addressless(&cluster, &flow));
     match args.output {
         // Load problems already went to stderr.
         TextOrJson::Text => print!("{verdict}"),
@@ -106,4 +107,24 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(if verdict.allowed { 0 } else { 1 })
+}
+
+/// The dataplane matches peers by address: a pod the manifests give no IP can be named in
+/// explain, but no rule can match it in the kernel. Say so instead of a silent difference.
+fn addressless(cluster: &crate::policy::Cluster, flow: &Flow) -> Vec<String> {
+    [&flow.from, &flow.to]
+        .into_iter()
+        .filter_map(|e| match e {
+            Endpoint::Pod(name) => cluster.pod(name),
+            Endpoint::Ip(_) => None,
+        })
+        .filter(|p| p.ips.is_empty() && !p.host_network)
+        .map(|p| {
+            format!(
+                "pod {} has no IP in the manifests (status.podIP): the dataplane matches peers by address, so where a rule must match {} as a peer the kernel drops what this verdict allows",
+                p.object_name(),
+                p.object_name()
+            )
+        })
+        .collect()
 }
