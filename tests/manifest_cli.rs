@@ -286,6 +286,20 @@ fn a_closed_pipe_ends_every_command_quietly() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        // And with stderr in the same pipe (`2>&1 | head -c1`): no panic there either.
+        let both = Command::new("bash")
+            .arg("-c")
+            .arg("\"$0\" \"$@\" 2>&1 | head -c1 >/dev/null; echo ${PIPESTATUS[0]}")
+            .arg(BIN)
+            .args(&args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        let code = text(&both.stdout).trim().to_string();
+        assert!(
+            ["0", "1", "141"].contains(&code.as_str()),
+            "{args:?} 2>&1 | head: exit {code}"
+        );
         // Read one byte (or nothing) and close: what `| head -c1` does.
         let mut stdout = child.stdout.take().unwrap();
         let mut one = [0u8; 1];

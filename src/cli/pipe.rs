@@ -9,7 +9,8 @@
 /// The exit code for a closed output pipe.
 pub const EXIT_BROKEN_PIPE: i32 = 141;
 
-/// Installs a panic hook that turns "failed printing to stdout: Broken pipe" into a quiet exit.
+/// Installs a panic hook that turns "failed printing to stdout (or stderr): Broken pipe" into a
+/// quiet exit.
 pub fn exit_quietly_on_broken_pipe() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -19,7 +20,8 @@ pub fn exit_quietly_on_broken_pipe() {
             .map(String::as_str)
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or("");
-        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+        // stdout, or stderr when both go into the pipe (`2>&1 | head`).
+        if message.starts_with("failed printing to std") && message.contains("Broken pipe") {
             std::process::exit(EXIT_BROKEN_PIPE);
         }
         default(info);
