@@ -109,9 +109,7 @@ fn unreadable_documents_refuse_the_load() {
         // A misspelled kind in a known group, in another case, and in a List.
         policy.replace("kind: NetworkPolicy", "kind: Networkpolicy"),
         policy.replace("kind: NetworkPolicy", "kind: networkPolicy"),
-        format!(
-            "apiVersion: v1\nkind: List\nitems:\n- {{apiVersion: networking.k8s.io/v1, kind: NetPolicy, metadata: {{name: a}}}}\n"
-        ),
+        "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: networking.k8s.io/v1, kind: NetPolicy, metadata: {name: a}}\n".to_string(),
         // No kind at all; a List whose items are not a list; a scalar document.
         "apiVersion: v1\nmetadata: {name: a}\nspec: {podSelector: {}}\n".to_string(),
         "apiVersion: v1\nkind: List\nitems: {a: 1}\n".to_string(),
