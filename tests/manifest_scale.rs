@@ -59,6 +59,7 @@ fn load(path: &Path) -> (f64, Option<f64>) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(!err.contains("unknown field"), "{err}");
+    assert!(!err.contains("invalid objects"), "{err}");
     let ir: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
         !ir["pods"].as_array().unwrap().is_empty(),

@@ -95,9 +95,24 @@ fn group_of(api_version: &str) -> &str {
     }
 }
 
+/// Groups whose kinds of the names sluice reads are sluice's kinds, in any version: a
+/// NetworkPolicy in `extensions/v1beta1` (no longer served) is a wrong apiVersion, never a
+/// different kind to ignore. Elsewhere (`crd.projectcalico.org/v1`) a same-named kind is
+/// another project's resource.
+const OWN_GROUPS: &[&str] = &["", "v1", "apps", "batch", "networking.k8s.io", "extensions"];
+
 pub fn classify(kind: &str, api_version: &str) -> KindClass {
     if READ.iter().any(|(k, _)| *k == kind) {
-        return KindClass::Read;
+        let group = if api_version.contains('/') {
+            group_of(api_version)
+        } else {
+            ""
+        };
+        return if OWN_GROUPS.contains(&group) {
+            KindClass::Read
+        } else {
+            KindClass::Ignored
+        };
     }
     if kind == "List" || (kind.ends_with("List") && kind.len() > 4) {
         return KindClass::List;
@@ -173,6 +188,11 @@ mod tests {
             KindClass::Read
         );
         assert_eq!(classify("List", "v1"), KindClass::List);
+        // A read kind in a version that is not served is still that kind (a wrong apiVersion,
+        // reported on the object), never silently ignored.
+        for api in ["", "v1", "extensions/v1beta1", "networking.k8s.io/v1beta1"] {
+            assert_eq!(classify("NetworkPolicy", api), KindClass::Read, "{api}");
+        }
         assert_eq!(classify("PodList", "v1"), KindClass::List);
         for (kind, api) in [
             ("Service", "v1"),
@@ -182,6 +202,8 @@ mod tests {
             ("CiliumNetworkPolicy", "cilium.io/v2"),
             ("ClusterNetworkPolicy", "policy.networking.k8s.io/v1alpha2"),
             ("HorizontalPodAutoscaler", "autoscaling/v2"),
+            ("NetworkPolicy", "crd.projectcalico.org/v1"),
+            ("NetworkPolicy", "projectcalico.org/v3"),
         ] {
             assert_eq!(classify(kind, api), KindClass::Ignored, "{kind} {api}");
         }

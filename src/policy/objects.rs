@@ -213,7 +213,15 @@ impl ClusterBuilder {
                     "{why} (sluice refuses the whole input rather than guess: a misspelled NetworkPolicy left out would open the pods it protects)"
                 ),
             ),
-            KindClass::Ignored => *self.summary.ignored.entry(kind).or_default() += 1,
+            KindClass::Ignored => {
+                // Another project's kind of the same name says whose it is.
+                let key = if expected_api_version(&kind).is_some() {
+                    format!("{kind} ({api_version})")
+                } else {
+                    kind
+                };
+                *self.summary.ignored.entry(key).or_default() += 1
+            }
             KindClass::List => self.add_list(place, &kind, doc),
             KindClass::Read => self.add_object(place, &kind, &api_version, doc),
         }
