@@ -72,6 +72,9 @@ impl NodeArgs {
         for w in &rs.warnings {
             eprintln!("sluice: warning: {w}");
         }
+        for w in addressless_pods(&cluster, &self.node) {
+            eprintln!("sluice: warning: {w}");
+        }
         Ok(rs)
     }
 }
@@ -155,4 +158,37 @@ pub fn status_cmd(args: ApplyArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(if status.in_sync { 0 } else { 1 })
+}
+
+/// Pods without an IP are a hole between explain and the kernel: peers are matched by
+/// address, so a rule naming such a pod as a peer matches nothing. Pods of this node are
+/// named one by one, the others counted.
+fn addressless_pods(cluster: &crate::policy::Cluster, node: &str) -> Vec<String> {
+    let (local, other): (Vec<_>, Vec<_>) = cluster
+        .pods
+        .values()
+        .filter(|p| p.ips.is_empty() && !p.host_network)
+        .partition(|p| p.node.as_deref() == Some(node));
+    let mut out: Vec<String> = local
+        .iter()
+        .map(|p| {
+            format!(
+                "pod {} is on node {node} but has no IP (status.podIP): its own chains filter its interface, but no rule can match it as a peer, so flows explain allows from or to it as a peer are dropped",
+                p.object_name()
+            )
+        })
+        .collect();
+    if !other.is_empty() {
+        let names: Vec<String> = other
+            .iter()
+            .take(3)
+            .map(|p| p.object_name().to_string())
+            .collect();
+        out.push(format!(
+            "{} pods of other nodes (or of none) have no IP, e.g. {}: rules cannot match them as peers, so this node drops their traffic where a policy would allow it",
+            other.len(),
+            names.join(", ")
+        ));
+    }
+    out
 }

@@ -44,7 +44,7 @@ pub struct DiffArgs {
     /// Pods present on one side only (matched by namespace/name).
     #[arg(long, value_enum, default_value = "skip")]
     absent_pods: AbsentArg,
-    /// Treat invalid objects as bad input (exit 2) instead of leaving them out.
+    /// Treat invalid objects and unknown fields as bad input (exit 2).
     #[arg(long)]
     strict: bool,
     #[command(flatten)]
@@ -58,13 +58,19 @@ fn load(side: &str, sources: &[PathBuf], a: &DiffArgs) -> anyhow::Result<(Cluste
     for p in &cluster.errors {
         eprintln!("sluice: {side}: error: {p}");
     }
+    let level = if a.strict { "error" } else { "warning" };
+    for p in &summary.unknown_fields {
+        eprintln!("sluice: {side}: {level}: {p}");
+    }
     for w in &cluster.warnings {
         eprintln!("sluice: {side}: warning: {w}");
     }
-    if a.strict && !cluster.errors.is_empty() {
+    let bad = cluster.errors.len() + summary.unknown_fields.len();
+    if a.strict && bad > 0 {
         return Err(BadInput(format!(
-            "{side}: {} invalid objects (--strict)",
-            cluster.errors.len()
+            "{side}: --strict: {} invalid objects, {} unknown fields",
+            cluster.errors.len(),
+            summary.unknown_fields.len()
         ))
         .into());
     }

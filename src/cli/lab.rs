@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
 
-use super::explain::parse_protocol;
+use super::explain::{parse_port_number, parse_protocol};
 use super::matrix::columns;
 use super::{BadInput, ManifestArgs, TextOrJson};
 use crate::compile::Attach;
@@ -64,19 +64,23 @@ pub struct ProbeArgs {
     /// Destination pod, namespace/name.
     #[arg(long)]
     to: String,
-    #[arg(long)]
+    /// Destination port number (1 to 65535): the lab's pods listen on every declared port.
+    #[arg(long, value_parser = parse_port_number)]
     port: u16,
+    /// TCP, UDP or SCTP (any case).
     #[arg(long, default_value = "TCP", value_parser = parse_protocol)]
     protocol: Protocol,
     /// Probe the pod's IP or its Service ClusterIP.
     #[arg(long, value_enum, default_value = "pod")]
     via: Via,
+    /// The lab to probe (the --name it was brought up with).
     #[arg(long, default_value = "main")]
     name: String,
 }
 
 #[derive(Args)]
 pub struct DownArgs {
+    /// The lab to remove (the --name it was brought up with).
     #[arg(long, default_value = "main")]
     name: String,
     /// Remove every lab on this machine.
@@ -97,9 +101,10 @@ pub struct RunArgs {
     #[command(flatten)]
     shape: LabShape,
     /// Ports to probe (default: every declared containerPort).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = parse_port_number)]
     ports: Vec<u16>,
-    /// Protocols to probe, comma separated (default: TCP with --ports, else each declared port's).
+    /// Protocols to probe, comma separated, any case (default: TCP with --ports, else each
+    /// declared port's).
     #[arg(long, value_delimiter = ',', value_parser = parse_protocol)]
     protocols: Vec<Protocol>,
     #[arg(long, value_enum, default_value = "pod")]

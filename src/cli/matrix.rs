@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
-use super::explain::parse_protocol;
+use super::explain::{parse_port_number, parse_protocol};
 use super::{BadInput, ManifestArgs};
 use crate::policy::matrix::{compute, Matrix, PortProto};
 use crate::policy::{Cluster, Protocol};
@@ -25,9 +25,10 @@ pub struct MatrixArgs {
     manifests: ManifestArgs,
     /// Ports to probe, comma separated. Default: every declared containerPort (with its
     /// protocol, unless --protocols is given).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = parse_port_number)]
     ports: Vec<u16>,
-    /// Protocols, comma separated (TCP, UDP, SCTP). Default: TCP when --ports is given.
+    /// Protocols, comma separated (TCP, UDP, SCTP, in any case). Default: TCP when --ports is
+    /// given.
     #[arg(long, value_delimiter = ',', value_parser = parse_protocol)]
     protocols: Vec<Protocol>,
     #[arg(long, value_enum, default_value = "text")]
@@ -74,9 +75,6 @@ struct Cell<'a> {
 }
 
 pub fn run(args: MatrixArgs) -> anyhow::Result<i32> {
-    if args.ports.contains(&0) {
-        return Err(BadInput("--ports: port 0 is out of range: use 1 to 65535".into()).into());
-    }
     let (cluster, _) = args.manifests.load()?;
     let cols = columns(&cluster, &args.ports, &args.protocols);
     if cols.is_empty() {

@@ -10,6 +10,7 @@ mod lab;
 mod lint;
 mod matrix;
 mod meta;
+mod pipe;
 pub mod source;
 
 use std::path::PathBuf;
@@ -19,9 +20,17 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::policy::objects::LoadSummary;
 use crate::policy::Cluster;
 
+/// Exit codes, the same for every command (README "Exit codes").
+const EXIT_CODES: &str =
+    "Exit codes: 0 success (explain: allowed; status: in sync), 1 a negative answer \
+(explain: denied; status: drift; lab probe: blocked; conformance: a case failed), 2 bad input \
+(arguments, manifests that cannot be read, invalid objects or unknown fields with --strict), \
+3 the work itself failed (nft or the kernel refused, a lab could not be built), 141 the output \
+pipe was closed (quietly, e.g. `| head`).";
+
 /// sluice: Kubernetes NetworkPolicy enforcement with nftables, and an explainer for it.
 #[derive(Parser)]
-#[command(name = "sluice", version, about, long_about = None)]
+#[command(name = "sluice", version, about, long_about = None, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -120,12 +129,14 @@ fn bench(args: BenchArgs) -> anyhow::Result<i32> {
 /// Where the cluster snapshot comes from.
 #[derive(Args, Clone)]
 pub struct ManifestArgs {
-    /// A manifest file or directory (searched recursively for .yaml, .yml and .json);
-    /// repeatable. YAML with several documents, JSON and `kind: List` are read.
-    /// `cluster:` (or `cluster:CONTEXT`) reads the live cluster instead.
+    /// A manifest file or directory (searched recursively for .yaml, .yml and .json in any
+    /// case), or - for standard input; repeatable. YAML with several documents, JSON and
+    /// `kind: List` are read. Anything that cannot be read stops sluice with exit 2.
+    /// `cluster:` (or `cluster:CONTEXT`) reads the live cluster (docs/review.md).
     #[arg(long = "manifests", short = 'm', value_name = "PATH")]
     pub manifests: Vec<PathBuf>,
-    /// Treat invalid objects as bad input (exit 2) instead of leaving them out.
+    /// Treat invalid objects and unknown fields as bad input (exit 2) instead of leaving
+    /// them out (invalid objects) or warning (unknown fields).
     #[arg(long)]
     pub strict: bool,
     #[command(flatten)]
@@ -159,13 +170,19 @@ impl ManifestArgs {
         for p in &cluster.errors {
             eprintln!("sluice: error: {p}");
         }
+        let level = if self.strict { "error" } else { "warning" };
+        for p in &summary.unknown_fields {
+            eprintln!("sluice: {level}: {p}");
+        }
         for w in &cluster.warnings {
             eprintln!("sluice: warning: {w}");
         }
-        if self.strict && !cluster.errors.is_empty() {
+        let bad = cluster.errors.len() + summary.unknown_fields.len();
+        if self.strict && bad > 0 {
             return Err(BadInput(format!(
-                "{} invalid objects (--strict)",
-                cluster.errors.len()
+                "--strict: {} invalid objects, {} unknown fields",
+                cluster.errors.len(),
+                summary.unknown_fields.len()
             ))
             .into());
         }
@@ -189,6 +206,7 @@ pub fn run_plugin() -> i32 {
 }
 
 fn run_with(cli: Cli) -> i32 {
+    pipe::exit_quietly_on_broken_pipe();
     let result = match cli.command {
         Command::Explain(a) => explain::run(a),
         Command::Matrix(a) => matrix::run(a),
@@ -206,6 +224,7 @@ fn run_with(cli: Cli) -> i32 {
     };
     match result {
         Ok(code) => code,
+        Err(e) if pipe::is_broken_pipe(&e) => pipe::EXIT_BROKEN_PIPE,
         Err(e) => {
             eprintln!("sluice: error: {e:#}");
             if e.downcast_ref::<BadInput>().is_some() {

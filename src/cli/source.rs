@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::policy::objects::{ClusterBuilder, LoadSummary};
+use crate::policy::objects::LoadSummary;
 use crate::policy::Cluster;
 
 /// The source value that means "the live cluster"; `cluster:NAME` picks a kubeconfig context.
@@ -67,26 +67,32 @@ pub fn load(sources: &[PathBuf], kube: &KubeArgs) -> Result<(Cluster, LoadSummar
     if sources.iter().all(|p| matches!(spec(p), Spec::Path(_))) {
         return crate::manifests::load(sources);
     }
-    let mut builder = ClusterBuilder::new();
-    for source in sources {
-        match spec(source) {
-            Spec::Path(root) => {
-                for file in crate::manifests::manifest_files(root)? {
-                    let text = std::fs::read_to_string(&file)
-                        .with_context(|| format!("cannot read {}", file.display()))?;
-                    builder.add_text(&file.display().to_string(), &text);
-                }
-            }
-            Spec::Cluster(context) => {
-                let context = context.or(kube.context.as_deref());
-                let name = format!("cluster {}", context.unwrap_or("(current context)"));
-                for doc in read_cluster(kube.kubeconfig.as_deref(), context)? {
-                    builder.add_value(&name, doc);
+    // The live objects go through the very same loader as files: written as one `kind: List`
+    // document to a private temporary file that takes the place of `cluster:`.
+    let dir = std::env::temp_dir().join(format!("sluice-cluster-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let result = (|| {
+        let mut paths = Vec::new();
+        for (i, source) in sources.iter().enumerate() {
+            match spec(source) {
+                Spec::Path(p) => paths.push(p.to_path_buf()),
+                Spec::Cluster(context) => {
+                    let context = context.or(kube.context.as_deref());
+                    let items = read_cluster(kube.kubeconfig.as_deref(), context)?;
+                    let list =
+                        serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+                    let name = format!("cluster-{i}-{}.json", context.unwrap_or("current-context"));
+                    let path = dir.join(name.replace('/', "_"));
+                    std::fs::write(&path, serde_json::to_vec(&list)?)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    paths.push(path);
                 }
             }
         }
-    }
-    Ok(builder.build())
+        crate::manifests::load(&paths)
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
 
 fn read_cluster(

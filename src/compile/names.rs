@@ -1,7 +1,14 @@
-//! Stable, readable nftables names derived from Kubernetes names.
+//! Stable, readable nftables names derived from Kubernetes names, injective by construction.
 //!
-//! Kubernetes names never contain `_`, so `_` separates the parts unambiguously; names are
-//! kept readable and only shortened (with a hash of the full name) when they get long.
+//! A name is its parts joined by `_`. Each part keeps the characters valid Kubernetes names
+//! use (`a-z`, `0-9`, `.`, `-`), so real names stay readable (`pod_shop_deployment_api_egress`),
+//! and spells every other byte as `X` + two upper-case hex digits (`_` is `X5F`, `A` is `X41`).
+//! Only a pod name keeps `/` (a workload pod, `deployment/api`), written as `_`; a namespace
+//! never does. So the namespace ends at the first `_`, the direction is the fixed last part,
+//! and what is between is the pod: two different inputs cannot give one name (a Pod
+//! `deployment_web` and a Deployment `web` used to share a chain). A name longer than
+//! [`MAX_NAME`] is cut and given `_H` + a 64-bit hash of the whole name; `H` appears in no
+//! spelled-out name, so a hashed name never equals a spelled-out one.
 
 /// nftables accepts longer names, but long names make `nft list` unreadable.
 const MAX_NAME: usize = 96;
@@ -16,9 +23,28 @@ pub fn fnv1a(data: &[u8]) -> u64 {
     h
 }
 
-/// Makes `name` safe for nft text syntax and short enough. `/` (in workload pod names like
-/// `deployment/api`) becomes `_`, which no Kubernetes name contains, so no collision; any
-/// other unusual character, or a name that is too long, gets a hash of the whole name.
+/// One part of a name: `a-z0-9.-` as they are, `/` as itself when `keep_slash` (pod names),
+/// every other byte as `X` + two upper-case hex digits.
+fn escape(part: &str, keep_slash: bool) -> String {
+    let mut out = String::with_capacity(part.len());
+    for c in part.chars() {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-') {
+            out.push(c);
+        } else if c == '/' && keep_slash {
+            out.push('/');
+        } else {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("X{b:02X}"));
+            }
+        }
+    }
+    out
+}
+
+/// Makes `name` safe for nft text syntax and short enough: `/` becomes `_`, any character
+/// outside `A-Za-z0-9_.-` or a name longer than [`MAX_NAME`] gets a hash of the whole name.
+/// Callers that join untrusted parts escape them first (see the module comment).
 pub fn object_name(name: &str) -> String {
     let mut unusual = false;
     let clean: String = name
@@ -35,24 +61,36 @@ pub fn object_name(name: &str) -> String {
     if clean.len() <= MAX_NAME && !unusual {
         return clean;
     }
-    let hash = format!("{:012x}", fnv1a(name.as_bytes()) & 0xffff_ffff_ffff);
+    let hash = format!("H{:016x}", fnv1a(name.as_bytes()));
     let keep = MAX_NAME.min(clean.len()).saturating_sub(hash.len() + 1);
     format!("{}_{hash}", &clean[..keep])
 }
 
 /// `pod_<ns>_<name>_<dir>`
 pub fn pod_chain(ns: &str, pod: &str, dir: &str) -> String {
-    object_name(&format!("pod_{ns}_{pod}_{dir}"))
+    object_name(&format!(
+        "pod_{}_{}_{dir}",
+        escape(ns, false),
+        escape(pod, true)
+    ))
 }
 
 /// `np_<ns>_<policy>_<dir>`
 pub fn policy_chain(ns: &str, policy: &str, dir: &str) -> String {
-    object_name(&format!("np_{ns}_{policy}_{dir}"))
+    object_name(&format!(
+        "np_{}_{}_{dir}",
+        escape(ns, false),
+        escape(policy, false)
+    ))
 }
 
 /// `guard_<ns>_<name>` (bridge anti-spoofing chain of one port)
 pub fn guard_chain(ns: &str, pod: &str) -> String {
-    object_name(&format!("guard_{ns}_{pod}"))
+    object_name(&format!(
+        "guard_{}_{}",
+        escape(ns, false),
+        escape(pod, true)
+    ))
 }
 
 /// Content-addressed set name: sets with the same meaning share one name (and one set).
@@ -88,6 +126,102 @@ mod tests {
         assert!(long.len() <= MAX_NAME);
         assert_ne!(long, policy_chain("ns", &"a".repeat(201), "ingress"));
         assert!(default_iface("x", "a").len() <= 15);
+    }
+
+    /// Reverses [`escape`]: the proof that spelled-out names are injective.
+    fn unescape(s: &str) -> Option<String> {
+        let mut bytes = Vec::new();
+        let mut it = s.bytes();
+        while let Some(b) = it.next() {
+            if b == b'X' {
+                let hex = [it.next()?, it.next()?];
+                bytes.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+            } else {
+                bytes.push(b);
+            }
+        }
+        String::from_utf8(bytes).ok()
+    }
+
+    /// Reads (namespace, pod, direction) back out of a spelled-out pod chain name.
+    fn decode_pod_chain(name: &str) -> Option<(String, String, String)> {
+        let rest = name.strip_prefix("pod_")?;
+        let (ns, rest) = rest.split_once('_')?;
+        let (pod, dir) = rest.rsplit_once('_')?;
+        Some((
+            unescape(ns)?,
+            unescape(&pod.replace('_', "/"))?,
+            dir.to_string(),
+        ))
+    }
+
+    fn decode_policy_chain(name: &str) -> Option<(String, String, String)> {
+        let rest = name.strip_prefix("np_")?;
+        let (ns, rest) = rest.split_once('_')?;
+        let (policy, dir) = rest.rsplit_once('_')?;
+        Some((unescape(ns)?, unescape(policy)?, dir.to_string()))
+    }
+
+    #[test]
+    fn a_pod_named_like_a_workload_pod_gets_its_own_chain() {
+        // Issue 17: Pod x/deployment_web and Deployment x/web (pod deployment/web).
+        let pod = pod_chain("x", "deployment_web", "ingress");
+        let workload = pod_chain("x", "deployment/web", "ingress");
+        assert_ne!(pod, workload);
+        assert_eq!(
+            workload, "pod_x_deployment_web_ingress",
+            "real names stay readable"
+        );
+        assert_ne!(
+            guard_chain("x", "deployment_web"),
+            guard_chain("x", "deployment/web")
+        );
+        assert_ne!(
+            pod_chain("a_b", "c", "egress"),
+            pod_chain("a", "b_c", "egress")
+        );
+        assert_ne!(
+            policy_chain("a_b", "c", "egress"),
+            policy_chain("a", "b_c", "egress")
+        );
+        assert_ne!(
+            pod_chain("x", "Web", "egress"),
+            pod_chain("x", "web", "egress")
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Every name is either spelled out, and then decodes back to exactly its input
+        /// (so no two inputs share it), or hashed, and then carries the `H` no spelled-out
+        /// name has, within the length bound. Inputs are any strings: `_`, `/`, `X`, hex
+        /// digits, upper case and non-ASCII included.
+        #[test]
+        fn chain_names_are_injective(
+            ns in "[-a-zA-Z0-9_/X.é\\ ]{0,20}",
+            pod in "[-a-zA-Z0-9_/X.é\\ ]{0,40}",
+            other_ns in "[a-z_/X]{0,6}",
+            other_pod in "[a-z_/X]{0,6}",
+            ingress in proptest::bool::ANY,
+        ) {
+            let dir = if ingress { "ingress" } else { "egress" };
+            for (name, decoded) in [
+                (pod_chain(&ns, &pod, dir), decode_pod_chain(&pod_chain(&ns, &pod, dir))),
+                (policy_chain(&ns, &pod, dir), decode_policy_chain(&policy_chain(&ns, &pod, dir))),
+            ] {
+                proptest::prop_assert!(name.len() <= MAX_NAME);
+                if name.contains('H') {
+                    proptest::prop_assert!(name.len() > 18);
+                } else {
+                    proptest::prop_assert_eq!(decoded, Some((ns.clone(), pod.clone(), dir.to_string())), "{}", name);
+                }
+            }
+            if (ns.as_str(), pod.as_str()) != (other_ns.as_str(), other_pod.as_str()) {
+                proptest::prop_assert_ne!(pod_chain(&ns, &pod, dir), pod_chain(&other_ns, &other_pod, dir));
+                proptest::prop_assert_ne!(guard_chain(&ns, &pod), guard_chain(&other_ns, &other_pod));
+            }
+        }
     }
 
     #[test]

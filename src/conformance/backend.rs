@@ -88,6 +88,8 @@ pub fn make_enforcer(opts: &BackendOptions) -> Result<Box<dyn Enforcer>> {
         BackendKind::Oracle => Ok(Box::new(OracleEnforcer::new(Judge::Evaluate))),
         BackendKind::MatrixOracle => Ok(Box::new(OracleEnforcer::new(Judge::Matrix))),
         BackendKind::Apiserver => {
+            // Stop once, before any case, when the API server was never built.
+            crate::k8s::testenv::Binaries::find()?;
             crate::dataplane::choose(opts.dataplane)?;
             Ok(Box::new(
                 super::apiserver::ApiserverEnforcer::new(opts.nodes, opts.attach)

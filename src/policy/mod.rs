@@ -5,12 +5,16 @@
 //! and [`matrix`] answers it for every pair at once.
 
 pub mod evaluate;
+pub mod fields;
 pub mod ipblock;
+pub mod kinds;
 pub mod labels;
 pub mod matrix;
 pub mod model;
 pub mod networkpolicy;
 pub mod objects;
+pub mod parse;
+pub mod pods;
 pub mod ports;
 
 #[cfg(test)]

@@ -3,28 +3,35 @@
 //! Pure: callers read files or watch the API, this module only interprets what they got.
 //! Workload kinds stand for one representative pod named `<kind>/<name>` (lower-case kind)
 //! with the template's labels and ports, because that is what selectors see.
+//!
+//! Two levels of trouble, on purpose:
+//! - an *object* that is invalid is left out and reported with its kind, name and field; an
+//!   invalid NetworkPolicy still fails the pods it may select closed in the dataplane;
+//! - a *document or file* that cannot be read at all (YAML syntax, a kind that does not
+//!   exist, a limit against YAML bombs) is a refusal: nothing tells which policies it held,
+//!   so no snapshot is produced from it and callers exit 2 without touching a dataplane.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::fmt;
 
-use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Pod as K8sPod, PodSpec};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Pod as K8sPod, PodTemplateSpec};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::Value;
 
-use super::labels::{validate_label_key, validate_label_value, Labels};
-use super::model::{Cluster, Namespace, Pod, Problem};
+use super::fields::{decode, unknown_fields, unknown_keys, TypeError};
+use super::kinds::{classify, expected_api_version, KindClass};
+use super::labels::Selector;
+use super::model::{Cluster, Namespace, ObjectName, Pod, Policy, Problem};
 use super::networkpolicy;
-use super::ports::{validate_port_name, validate_port_number, ContainerPort, Protocol};
+use super::pods::{build_pod, check_names, shared_port_names};
+pub use super::pods::{namespace_from_k8s, pod_from_k8s};
 
-/// Workload kinds that stand for a representative pod, with the path to their pod template.
-const WORKLOADS: &[(&str, &[&str])] = &[
-    ("Deployment", &["spec", "template"]),
-    ("StatefulSet", &["spec", "template"]),
-    ("DaemonSet", &["spec", "template"]),
-    ("ReplicaSet", &["spec", "template"]),
-    ("Job", &["spec", "template"]),
-    ("CronJob", &["spec", "jobTemplate", "spec", "template"]),
-];
+#[cfg(test)]
+#[path = "objects_tests.rs"]
+mod tests;
 
 /// Counts of what was read, for the summary line.
 #[derive(Debug, Default, Clone)]
@@ -36,6 +43,10 @@ pub struct LoadSummary {
     /// Kinds that sluice does not use, with how many of each.
     pub ignored: BTreeMap<String, usize>,
     pub invalid: usize,
+    /// Fields the schema does not know (typos, usually): warnings, errors under `--strict`.
+    pub unknown_fields: Vec<Problem>,
+    /// Documents or files that could not be read at all: the load is refused.
+    pub refused: Vec<String>,
 }
 
 impl LoadSummary {
@@ -59,16 +70,47 @@ impl LoadSummary {
     }
 }
 
+/// Where an object was read: file (or other source), document (from 1), List item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    pub source: String,
+    pub document: usize,
+    pub items: Vec<usize>,
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} document {}", self.source, self.document)?;
+        for i in &self.items {
+            write!(f, " items[{i}]")?;
+        }
+        Ok(())
+    }
+}
+
+impl Place {
+    fn item(&self, i: usize) -> Place {
+        let mut p = self.clone();
+        p.items.push(i);
+        p
+    }
+}
+
 /// Builds a cluster snapshot from manifest documents, in order. Later objects with the same
-/// kind and name replace earlier ones. Invalid objects are recorded in `Cluster::errors`.
+/// kind and name replace earlier ones (with a warning naming both places).
 #[derive(Default)]
 pub struct ClusterBuilder {
     cluster: Cluster,
     pub summary: LoadSummary,
-    declared_namespaces: Vec<Namespace>,
-    pods: Vec<Pod>,
-    policies: Vec<super::model::Policy>,
-    invalid_policies: Vec<(super::model::ObjectName, Option<super::labels::Selector>)>,
+    /// First place each (kind, namespace, name) was seen.
+    seen: BTreeMap<(String, String, String), Place>,
+    namespaces: BTreeMap<String, Namespace>,
+    /// Pods and workload pods, with where they were read and whether they are workloads.
+    pods: BTreeMap<ObjectName, (Pod, Place, bool)>,
+    policies: BTreeMap<ObjectName, Policy>,
+    invalid_policies: BTreeMap<ObjectName, Option<Selector>>,
+    /// Non-empty documents seen, valid or not.
+    documents: usize,
 }
 
 impl ClusterBuilder {
@@ -77,446 +119,474 @@ impl ClusterBuilder {
     }
 
     /// Parses YAML (several documents allowed) or JSON text from `source` (a file name, for
-    /// messages) and adds every object in it.
+    /// messages) and adds every object in it. A file that cannot be parsed is refused.
     pub fn add_text(&mut self, source: &str, text: &str) {
-        match serde_saphyr::from_multiple_with_options::<Value>(text, yaml_options()) {
-            Ok(docs) => {
-                for doc in docs {
-                    self.add_value(source, doc);
-                }
-            }
-            Err(e) => self.problem(
-                format!("file {source}"),
-                "",
-                format!("is not valid YAML or JSON: {e}"),
-            ),
+        let mut document = 0;
+        let result = super::parse::documents(source, text, |doc| {
+            document += 1;
+            let place = Place {
+                source: source.to_string(),
+                document,
+                items: vec![],
+            };
+            self.add_value_at(&place, doc);
+        });
+        if let Err(e) = result {
+            self.summary.refused.push(e);
         }
     }
 
-    /// Adds one object (or a `List` of them).
+    /// Adds one object (or a `List` of them) read from `source`.
     pub fn add_value(&mut self, source: &str, doc: Value) {
+        let place = Place {
+            source: source.to_string(),
+            document: 1,
+            items: vec![],
+        };
+        self.add_value_at(&place, doc);
+    }
+
+    /// A warning from the caller (e.g. a file it skipped), reported with the others.
+    pub fn warn(&mut self, warning: String) {
+        self.cluster.warnings.push(warning);
+    }
+
+    /// How many non-empty documents were added so far.
+    pub fn documents(&self) -> usize {
+        self.documents
+    }
+
+    fn refuse(&mut self, place: &Place, doc: &Value, message: impl fmt::Display) {
+        let (ns, name) = object_id(doc);
+        let named = if doc.get("metadata").is_some() {
+            format!(" ({ns}/{name})")
+        } else {
+            String::new()
+        };
+        self.summary
+            .refused
+            .push(format!("{place}{named}: {message}"));
+    }
+
+    fn add_value_at(&mut self, place: &Place, doc: Value) {
         if doc.is_null() {
             return;
         }
-        let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("");
-        match kind {
-            "" => self.problem(
-                format!("object in {source}"),
-                "kind",
-                "is missing: every manifest needs apiVersion and kind",
-            ),
-            "List" => {
-                if let Some(items) = doc.get("items").and_then(Value::as_array) {
-                    for item in items.clone() {
-                        self.add_value(source, item);
-                    }
-                }
-            }
-            k if k.ends_with("List") && doc.get("items").is_some() => {
-                for item in doc["items"].as_array().cloned().unwrap_or_default() {
-                    self.add_value(source, item);
-                }
-            }
-            "Namespace" => self.add_namespace(doc),
-            "Pod" => self.add_pod(doc),
-            "NetworkPolicy" => self.add_policy(doc),
-            k => match WORKLOADS.iter().find(|(w, _)| *w == k) {
-                Some((w, path)) => self.add_workload(w, path, doc),
-                None => *self.summary.ignored.entry(k.to_string()).or_default() += 1,
-            },
+        if place.items.is_empty() {
+            self.documents += 1;
         }
-    }
-
-    fn problem(&mut self, object: String, field: &str, message: impl Into<String>) {
-        self.summary.invalid += 1;
-        self.cluster.errors.push(Problem {
-            object,
-            field: field.to_string(),
-            message: message.into(),
-        });
-    }
-
-    fn add_namespace(&mut self, doc: Value) {
-        let name = object_id(&doc).1;
-        let ns: K8sNamespace = match serde_json::from_value(doc) {
-            Ok(n) => n,
-            Err(e) => {
-                return self.problem(
-                    format!("Namespace {name}"),
-                    "",
-                    format!("cannot be read: {e}"),
-                )
-            }
-        };
-        match namespace_from_k8s(&ns) {
-            Ok(n) => {
-                self.summary.namespaces += 1;
-                self.declared_namespaces.push(n);
-            }
-            Err(ps) => {
-                self.summary.invalid += 1;
-                self.cluster.errors.extend(ps);
-            }
-        }
-    }
-
-    fn add_pod(&mut self, doc: Value) {
-        let (ns, name) = object_id(&doc);
-        let pod: K8sPod = match serde_json::from_value(doc) {
-            Ok(p) => p,
-            Err(e) => {
-                return self.problem(
-                    format!("Pod {ns}/{name}"),
-                    "",
-                    format!("cannot be read: {e}"),
-                )
-            }
-        };
-        match pod_from_k8s(&pod) {
-            Ok(p) => {
-                self.summary.pods += 1;
-                self.pods.push(p);
-            }
-            Err(ps) => {
-                self.summary.invalid += 1;
-                self.cluster.errors.extend(ps);
-            }
-        }
-    }
-
-    fn add_workload(&mut self, kind: &str, path: &[&str], doc: Value) {
-        let (ns, name) = object_id(&doc);
-        let object = format!("{kind} {ns}/{name}");
-        let mut template = &doc;
-        for p in path {
-            template = &template[*p];
-        }
-        let field = path.join(".");
-        if template.is_null() {
-            return self.problem(
-                object,
-                &field,
-                "is missing: a workload needs a pod template",
+        if !doc.is_object() {
+            let what = match &doc {
+                Value::Array(_) => "a list",
+                Value::String(_) => "a string",
+                _ => "a scalar",
+            };
+            return self.refuse(
+                place,
+                &doc,
+                format!("is {what}, not a Kubernetes object (apiVersion, kind, metadata)"),
             );
         }
-        let template: k8s_openapi::api::core::v1::PodTemplateSpec =
-            match serde_json::from_value(template.clone()) {
-                Ok(t) => t,
-                Err(e) => return self.problem(object, &field, format!("cannot be read: {e}")),
+        let kind = match doc.get("kind") {
+            Some(Value::String(k)) if !k.is_empty() => k.clone(),
+            Some(Value::String(_)) | None | Some(Value::Null) => {
+                return self.refuse(
+                    place,
+                    &doc,
+                    "kind is missing: every manifest needs apiVersion and kind",
+                )
+            }
+            Some(other) => {
+                return self.refuse(place, &doc, format!("kind: {other} is not a string"))
+            }
+        };
+        let api_version = doc
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        match classify(&kind, &api_version) {
+            KindClass::Unknown(why) => self.refuse(
+                place,
+                &doc,
+                format!(
+                    "{why} (sluice refuses the whole input rather than guess: a misspelled NetworkPolicy left out would open the pods it protects)"
+                ),
+            ),
+            KindClass::Ignored => {
+                // Another project's kind of the same name says whose it is.
+                let key = if expected_api_version(&kind).is_some() {
+                    format!("{kind} ({api_version})")
+                } else {
+                    kind
+                };
+                *self.summary.ignored.entry(key).or_default() += 1
+            }
+            KindClass::List => self.add_list(place, &kind, doc),
+            KindClass::Read => self.add_object(place, &kind, &api_version, doc),
+        }
+    }
+
+    fn add_list(&mut self, place: &Place, kind: &str, mut doc: Value) {
+        let items = match doc.get_mut("items").map(Value::take) {
+            Some(Value::Array(items)) => items,
+            None | Some(Value::Null) => vec![],
+            Some(_) => {
+                return self.refuse(
+                    place,
+                    &doc,
+                    format!("{kind}: items must be an array of objects"),
+                )
+            }
+        };
+        for key in unknown_keys(&doc, &["apiVersion", "kind", "items", "metadata"]) {
+            self.summary.unknown_fields.push(Problem {
+                object: format!("{kind} in {place}"),
+                field: key,
+                message: "unknown field".into(),
+            });
+        }
+        for (i, item) in items.into_iter().enumerate() {
+            self.add_value_at(&place.item(i), item);
+        }
+    }
+
+    fn invalid(&mut self, problems: Vec<Problem>) {
+        self.summary.invalid += 1;
+        self.cluster.errors.extend(problems);
+    }
+
+    /// Records where (kind, ns, name) was read; a second sighting is a warning naming both.
+    fn note_place(&mut self, kind: &str, ns: &str, name: &str, place: &Place) {
+        let key = (kind.to_string(), ns.to_string(), name.to_string());
+        if let Some(first) = self.seen.get(&key) {
+            let id = if ns.is_empty() {
+                name.to_string()
+            } else {
+                format!("{ns}/{name}")
             };
-        let labels = template.metadata.and_then(|m| m.labels).unwrap_or_default();
+            self.cluster.warnings.push(format!(
+                "{kind} {id} is declared twice, in {first} and in {place}: the later one is used"
+            ));
+        } else {
+            self.seen.insert(key, place.clone());
+        }
+    }
+
+    fn add_object(&mut self, place: &Place, kind: &str, api_version: &str, doc: Value) {
+        let (ns, name) = object_id(&doc);
+        let object = if kind == "Namespace" {
+            format!("Namespace {name}")
+        } else {
+            format!("{kind} {ns}/{name}")
+        };
+        let ns_key = if kind == "Namespace" { "" } else { ns.as_str() };
+        self.note_place(kind, ns_key, &name, place);
+        let expected = expected_api_version(kind).unwrap_or("");
+        let version_problem = (api_version != expected).then(|| Problem {
+            object: object.clone(),
+            field: "apiVersion".into(),
+            message: if api_version.is_empty() {
+                format!("is missing: a {kind} needs apiVersion: {expected}")
+            } else {
+                format!("{api_version:?} does not serve {kind}: use apiVersion: {expected}")
+            },
+        });
+        let mut doc = doc;
+        if version_problem.is_some() {
+            // Reported once, above; the typed decoders would reject it again, less clearly.
+            doc["apiVersion"] = Value::String(expected.to_string());
+        }
+        match kind {
+            "Namespace" => self.add_namespace(object, doc, version_problem),
+            "Pod" => self.add_pod(object, place, doc, version_problem),
+            "NetworkPolicy" => self.add_policy(object, doc, version_problem),
+            _ => self.add_workload(object, place, kind, doc, version_problem),
+        }
+    }
+
+    /// Decodes `doc` as `T`, recording unknown fields; a type error becomes a problem.
+    fn typed<T>(&mut self, object: &str, doc: &Value) -> Result<T, Problem>
+    where
+        T: serde::de::DeserializeOwned + serde::Serialize,
+    {
+        match decode::<T>(doc.clone()) {
+            Ok(t) => {
+                for field in unknown_fields(doc, &t) {
+                    self.summary.unknown_fields.push(Problem {
+                        object: object.to_string(),
+                        field,
+                        message: "unknown field".into(),
+                    });
+                }
+                Ok(t)
+            }
+            Err(TypeError { field, message }) => Err(Problem {
+                object: object.to_string(),
+                field,
+                message: format!("cannot be read: {message}"),
+            }),
+        }
+    }
+
+    fn add_namespace(&mut self, object: String, doc: Value, version: Option<Problem>) {
+        let ns: K8sNamespace = match self.typed(&object, &doc) {
+            Ok(n) => n,
+            Err(p) => return self.invalid(vec![p]),
+        };
+        let name = ns.metadata.name.clone().unwrap_or_default();
+        let result = namespace_from_k8s(&ns);
+        match (result, version) {
+            (Ok(n), None) => {
+                self.namespaces.insert(name, n);
+            }
+            (result, version) => {
+                self.namespaces.remove(&name);
+                self.invalid(merge(version, result.err()));
+            }
+        }
+    }
+
+    fn add_pod(&mut self, object: String, place: &Place, doc: Value, version: Option<Problem>) {
+        let (ns, name) = object_id(&doc);
+        let key = ObjectName::new(&ns, &name);
+        let pod: K8sPod = match self.typed(&object, &doc) {
+            Ok(p) => p,
+            Err(p) => {
+                self.pods.remove(&key);
+                return self.invalid(vec![p]);
+            }
+        };
+        self.cluster
+            .warnings
+            .extend(shared_port_names(&object, pod.spec.as_ref()));
+        match (pod_from_k8s(&pod), version) {
+            (Ok(p), None) => {
+                self.pods.insert(key, (p, place.clone(), false));
+            }
+            (result, version) => {
+                self.pods.remove(&key);
+                self.invalid(merge(version, result.err()));
+            }
+        }
+    }
+
+    fn add_workload(
+        &mut self,
+        object: String,
+        place: &Place,
+        kind: &str,
+        doc: Value,
+        version: Option<Problem>,
+    ) {
+        let (ns, name) = object_id(&doc);
         let pod_name = format!("{}/{name}", kind.to_ascii_lowercase());
-        match build_pod(
+        let key = ObjectName::new(&ns, &pod_name);
+        self.pods.remove(&key);
+        let template = match self.workload_template(&object, kind, &doc) {
+            Ok(t) => t,
+            Err(p) => return self.invalid(vec![p]),
+        };
+        let mut problems: Vec<Problem> = version.into_iter().collect();
+        problems.extend(check_names(&object, kind, &ns, &name));
+        let field = if kind == "CronJob" {
+            "spec.jobTemplate.spec.template"
+        } else {
+            "spec.template"
+        };
+        let Some(template) = template else {
+            problems.push(Problem {
+                object,
+                field: field.into(),
+                message: "is missing: a workload needs a pod template".into(),
+            });
+            return self.invalid(problems);
+        };
+        self.cluster
+            .warnings
+            .extend(shared_port_names(&object, template.spec.as_ref()));
+        let labels = template.metadata.and_then(|m| m.labels).unwrap_or_default();
+        let built = build_pod(
             &object,
             &ns,
             &pod_name,
             labels,
             template.spec.as_ref(),
             vec![],
-        ) {
-            Ok(p) => {
-                self.summary.workloads += 1;
-                self.pods.push(p);
+        );
+        match built {
+            Ok(p) if problems.is_empty() => {
+                self.pods.insert(key, (p, place.clone(), true));
             }
-            Err(ps) => {
-                self.summary.invalid += 1;
-                self.cluster.errors.extend(ps);
+            result => {
+                problems.extend(result.err().unwrap_or_default());
+                self.invalid(problems);
             }
         }
     }
 
-    fn add_policy(&mut self, doc: Value) {
+    fn workload_template(
+        &mut self,
+        object: &str,
+        kind: &str,
+        doc: &Value,
+    ) -> Result<Option<PodTemplateSpec>, Problem> {
+        Ok(match kind {
+            "Deployment" => self
+                .typed::<Deployment>(object, doc)?
+                .spec
+                .map(|s| s.template),
+            "StatefulSet" => self
+                .typed::<StatefulSet>(object, doc)?
+                .spec
+                .map(|s| s.template),
+            "DaemonSet" => self
+                .typed::<DaemonSet>(object, doc)?
+                .spec
+                .map(|s| s.template),
+            "ReplicaSet" => self
+                .typed::<ReplicaSet>(object, doc)?
+                .spec
+                .and_then(|s| s.template),
+            "Job" => self.typed::<Job>(object, doc)?.spec.map(|s| s.template),
+            "CronJob" => self
+                .typed::<CronJob>(object, doc)?
+                .spec
+                .and_then(|s| s.job_template.spec)
+                .map(|s| s.template),
+            _ => None,
+        })
+    }
+
+    fn add_policy(&mut self, object: String, doc: Value, version: Option<Problem>) {
         let (ns, name) = object_id(&doc);
-        let np: NetworkPolicy = match serde_json::from_value(doc) {
+        let key = ObjectName::new(&ns, &name);
+        self.policies.remove(&key);
+        let np: NetworkPolicy = match self.typed(&object, &doc) {
             Ok(p) => p,
-            Err(e) => {
-                // Unreadable: nothing is known of what it selects, so its whole namespace
-                // fails closed in the dataplane.
-                self.invalid_policies
-                    .push((super::model::ObjectName::new(&ns, &name), None));
-                return self.problem(
-                    format!("NetworkPolicy {ns}/{name}"),
-                    "",
-                    format!("cannot be read: {e}"),
-                );
+            Err(p) => {
+                // Unreadable: its podSelector alone may still say which pods it protects;
+                // otherwise its whole namespace fails closed in the dataplane.
+                let selector = decode::<LabelSelector>(doc["spec"]["podSelector"].clone())
+                    .ok()
+                    .and_then(|s| Selector::from_k8s(&s).ok());
+                self.invalid_policies.insert(key, selector);
+                return self.invalid(vec![p]);
             }
         };
         let converted = networkpolicy::convert(&np, "default");
         self.cluster.warnings.extend(converted.warnings);
-        match converted.policy {
-            Ok(p) => {
-                self.summary.policies += 1;
-                self.policies.push(p);
+        match (converted.policy, version) {
+            (Ok(p), None) => {
+                self.invalid_policies.remove(&key);
+                self.policies.insert(key, p);
             }
-            Err(ps) => {
-                self.summary.invalid += 1;
-                self.cluster.errors.extend(ps);
-                self.invalid_policies.push((
-                    super::model::ObjectName::new(ns, name),
-                    converted.pod_selector,
-                ));
+            (result, version) => {
+                self.invalid_policies.insert(key, converted.pod_selector);
+                self.invalid(merge(version, result.err()));
             }
         }
     }
 
     /// Finishes the snapshot: namespaces first, so pods and policies find them declared.
+    /// Refusals are in `summary.refused`; [`ClusterBuilder::finish`] turns them into an error.
     pub fn build(mut self) -> (Cluster, LoadSummary) {
-        for ns in self.declared_namespaces.drain(..) {
+        self.summary.namespaces = self.namespaces.len();
+        for (_, ns) in std::mem::take(&mut self.namespaces) {
             self.cluster.upsert_namespace(ns);
         }
-        for pod in self.pods.drain(..) {
+        let pods = std::mem::take(&mut self.pods);
+        self.summary.workloads = pods.values().filter(|(_, _, w)| *w).count();
+        self.summary.pods = pods.len() - self.summary.workloads;
+        self.warn_shared_ips(&pods);
+        for (_, (pod, _, _)) in pods {
             self.cluster.upsert_pod(pod);
         }
-        for p in self.policies.drain(..) {
+        self.summary.policies = self.policies.len();
+        for (_, p) in std::mem::take(&mut self.policies) {
             self.cluster.upsert_policy(p);
         }
-        for (name, sel) in self.invalid_policies.drain(..) {
+        for (name, sel) in std::mem::take(&mut self.invalid_policies) {
             self.cluster.mark_policy_invalid(name, sel);
         }
         self.cluster.warnings.sort();
         self.cluster.warnings.dedup();
         (self.cluster, self.summary)
     }
+
+    /// Like [`ClusterBuilder::build`], but an input that had to be refused is an error that
+    /// lists every refusal.
+    pub fn finish(self) -> Result<(Cluster, LoadSummary), String> {
+        let (cluster, summary) = self.build();
+        if summary.refused.is_empty() {
+            Ok((cluster, summary))
+        } else {
+            Err(refusal_message(&summary.refused))
+        }
+    }
+
+    /// Two pods with one IP: lookups by IP can find only one of them.
+    fn warn_shared_ips(&mut self, pods: &BTreeMap<ObjectName, (Pod, Place, bool)>) {
+        let mut first: BTreeMap<std::net::IpAddr, (&ObjectName, &Place)> = BTreeMap::new();
+        for (name, (pod, place, _)) in pods.iter().filter(|(_, (p, _, _))| !p.host_network) {
+            for ip in &pod.ips {
+                match first.get(ip) {
+                    Some((other, other_place)) => self.cluster.warnings.push(format!(
+                        "pods {other} ({other_place}) and {name} ({place}) both have IP {ip}: an address names one pod, so traffic from or to {ip} is judged as {other}'s"
+                    )),
+                    None => {
+                        first.insert(*ip, (name, place));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The message for a refused input: every reason, and what sluice did about it.
+pub fn refusal_message(refused: &[String]) -> String {
+    let mut s = format!(
+        "refusing the manifests: {} could not be read, and leaving them out could drop policies (nothing was changed)",
+        if refused.len() == 1 {
+            "1 document".to_string()
+        } else {
+            format!("{} documents", refused.len())
+        }
+    );
+    for r in refused {
+        s.push_str("\n  ");
+        s.push_str(r);
+    }
+    s
+}
+
+/// The apiVersion problem (if any) followed by the object's own problems (if any).
+fn merge(version: Option<Problem>, problems: Option<Vec<Problem>>) -> Vec<Problem> {
+    version
+        .into_iter()
+        .chain(problems.into_iter().flatten())
+        .collect()
+}
+
+/// (namespace, name) of a raw object, for messages before it is parsed. A name that is not
+/// a string is shown as written (`123`), so the message still points at the object.
+pub fn object_id(doc: &Value) -> (String, String) {
+    let meta = &doc["metadata"];
+    let ns = match &meta["namespace"] {
+        Value::String(s) => s.clone(),
+        Value::Null => "default".to_string(),
+        other => other.to_string(),
+    };
+    let name = match &meta["name"] {
+        Value::String(s) => s.clone(),
+        Value::Null => "<unnamed>".to_string(),
+        other => other.to_string(),
+    };
+    (ns, name)
 }
 
 /// YAML 1.2 booleans only: in YAML 1.1 `y` and `n` are booleans, and namespaces called `y`
 /// are common in NetworkPolicy examples (the upstream suite uses x, y, z).
 pub fn yaml_options() -> serde_saphyr::Options {
-    let mut options = serde_saphyr::Options::default();
-    options.strict_booleans = true;
-    options
-}
-
-/// (namespace, name) of a raw object, for messages before it is parsed.
-fn object_id(doc: &Value) -> (String, String) {
-    let meta = &doc["metadata"];
-    let ns = meta["namespace"].as_str().unwrap_or("default").to_string();
-    let name = meta["name"].as_str().unwrap_or("<unnamed>").to_string();
-    (ns, name)
-}
-
-pub fn namespace_from_k8s(ns: &K8sNamespace) -> Result<Namespace, Vec<Problem>> {
-    let name = ns.metadata.name.clone().unwrap_or_default();
-    let object = format!("Namespace {name}");
-    let labels = ns.metadata.labels.clone().unwrap_or_default();
-    let mut problems = check_labels(&object, &labels);
-    if let Err(e) = super::labels::validate_dns_label(&name) {
-        problems.push(Problem {
-            object,
-            field: "metadata.name".into(),
-            message: e,
-        });
-    }
-    if problems.is_empty() {
-        Ok(Namespace::new(&name, labels))
-    } else {
-        Err(problems)
-    }
-}
-
-pub fn pod_from_k8s(pod: &K8sPod) -> Result<Pod, Vec<Problem>> {
-    let ns = pod
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let object = format!("Pod {ns}/{name}");
-    let mut ips = Vec::new();
-    let mut problems = Vec::new();
-    if let Some(status) = &pod.status {
-        let listed: Vec<String> = match &status.pod_ips {
-            Some(list) if !list.is_empty() => list.iter().map(|p| p.ip.clone()).collect(),
-            _ => status.pod_ip.iter().cloned().collect(),
-        };
-        for (i, s) in listed.iter().enumerate() {
-            match s.parse::<IpAddr>() {
-                Ok(ip) if !ips.contains(&ip) => ips.push(ip),
-                Ok(_) => {}
-                Err(_) => problems.push(Problem {
-                    object: object.clone(),
-                    field: format!("status.podIPs[{i}]"),
-                    message: format!("{s:?} is not an IP address"),
-                }),
-            }
-        }
-    }
-    if !problems.is_empty() {
-        return Err(problems);
-    }
-    let labels = pod.metadata.labels.clone().unwrap_or_default();
-    build_pod(&object, &ns, &name, labels, pod.spec.as_ref(), ips)
-}
-
-fn build_pod(
-    object: &str,
-    ns: &str,
-    name: &str,
-    labels: Labels,
-    spec: Option<&PodSpec>,
-    ips: Vec<IpAddr>,
-) -> Result<Pod, Vec<Problem>> {
-    let mut problems = check_labels(object, &labels);
-    if name.is_empty() {
-        problems.push(Problem {
-            object: object.into(),
-            field: "metadata.name".into(),
-            message: "is required".into(),
-        });
-    }
-    let mut ports = Vec::new();
-    if let Some(spec) = spec {
-        for (i, c) in spec.containers.iter().enumerate() {
-            for (j, p) in c.ports.iter().flatten().enumerate() {
-                let field = format!("spec.containers[{i}].ports[{j}]");
-                let protocol = match p.protocol.as_deref().unwrap_or("TCP").parse::<Protocol>() {
-                    Ok(pr) => pr,
-                    Err(e) => {
-                        problems.push(problem(object, &format!("{field}.protocol"), e));
-                        continue;
-                    }
-                };
-                let port = match validate_port_number(i64::from(p.container_port)) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        problems.push(problem(object, &format!("{field}.containerPort"), e));
-                        continue;
-                    }
-                };
-                if let Some(n) = &p.name {
-                    if let Err(e) = validate_port_name(n) {
-                        problems.push(problem(object, &format!("{field}.name"), e));
-                        continue;
-                    }
-                }
-                ports.push(ContainerPort {
-                    name: p.name.clone(),
-                    port,
-                    protocol,
-                });
-            }
-        }
-    }
-    if !problems.is_empty() {
-        return Err(problems);
-    }
-    ports.sort();
-    ports.dedup();
-    Ok(Pod {
-        namespace: ns.to_string(),
-        name: name.to_string(),
-        labels,
-        ports,
-        node: spec.and_then(|s| s.node_name.clone()),
-        host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
-        ips,
-    })
-}
-
-fn problem(object: &str, field: &str, message: String) -> Problem {
-    Problem {
-        object: object.into(),
-        field: field.into(),
-        message,
-    }
-}
-
-fn check_labels(object: &str, labels: &Labels) -> Vec<Problem> {
-    let mut out = Vec::new();
-    for (k, v) in labels {
-        let field = format!("metadata.labels.{k}");
-        if let Err(e) = validate_label_key(k).and_then(|_| validate_label_value(v)) {
-            out.push(problem(object, &field, e));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::policy::model::ObjectName;
-
-    #[test]
-    fn reads_lists_workloads_and_counts_ignored_kinds() {
-        let text = r#"
-apiVersion: v1
-kind: List
-items:
-- {apiVersion: v1, kind: Namespace, metadata: {name: shop, labels: {team: web}}}
-- {apiVersion: v1, kind: Service, metadata: {name: api, namespace: shop}}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: api, namespace: shop}
-spec:
-  selector: {matchLabels: {app: api}}
-  template:
-    metadata: {labels: {app: api}}
-    spec:
-      containers:
-      - name: api
-        ports: [{name: http, containerPort: 8080}]
----
-apiVersion: batch/v1
-kind: CronJob
-metadata: {name: report, namespace: shop}
-spec:
-  schedule: "* * * * *"
-  jobTemplate:
-    spec:
-      template:
-        metadata: {labels: {app: report}}
-        spec: {containers: [{name: r}], restartPolicy: Never}
----
-{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "other"}, "spec": {"containers": []}, "status": {"podIP": "10.0.0.5"}}
-"#;
-        let mut b = ClusterBuilder::new();
-        b.add_text("test.yaml", text);
-        let (cluster, summary) = b.build();
-        assert!(cluster.errors.is_empty(), "{:?}", cluster.errors);
-        assert_eq!(summary.workloads, 2);
-        assert_eq!(summary.ignored.get("Service"), Some(&1));
-        let api = cluster
-            .pod(&ObjectName::new("shop", "deployment/api"))
-            .unwrap();
-        assert_eq!(api.resolve_named_port("http", Protocol::Tcp), Some(8080));
-        assert!(cluster
-            .pod(&ObjectName::new("shop", "cronjob/report"))
-            .is_some());
-        assert_eq!(cluster.namespaces["shop"].labels["team"], "web");
-        assert_eq!(
-            cluster.namespaces["other"].labels["kubernetes.io/metadata.name"],
-            "other"
-        );
-        assert!(cluster.warnings.iter().any(|w| w.contains("other")));
-    }
-
-    #[test]
-    fn invalid_objects_are_reported_and_the_rest_kept() {
-        let text = r#"
-kind: NetworkPolicy
-apiVersion: networking.k8s.io/v1
-metadata: {name: bad, namespace: x}
-spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: nonsense}}]}]}
----
-kind: NetworkPolicy
-apiVersion: networking.k8s.io/v1
-metadata: {name: good, namespace: x}
-spec: {podSelector: {}}
----
-kind: Pod
-apiVersion: v1
-metadata: {name: p, namespace: x}
-spec: {containers: [{name: c, ports: [{containerPort: 99999}]}]}
-"#;
-        let mut b = ClusterBuilder::new();
-        b.add_text("t", text);
-        let (cluster, summary) = b.build();
-        assert_eq!(summary.invalid, 2);
-        assert_eq!(cluster.policies.len(), 1);
-        let msgs: Vec<String> = cluster.errors.iter().map(|e| e.to_string()).collect();
-        assert!(msgs[0].starts_with("NetworkPolicy x/bad: spec.ingress[0].from[0].ipBlock.cidr:"));
-        assert!(msgs[1].starts_with("Pod x/p: spec.containers[0].ports[0].containerPort:"));
-    }
+    super::parse::yaml_options()
 }

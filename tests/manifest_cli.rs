@@ -1,0 +1,539 @@
+//! The sluice binary on bad, odd and large manifests (issue 17): nothing fails open, realistic
+//! sizes load, process-level faults end cleanly, and messages say what is wrong.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+fn sluice(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run sluice")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A fresh directory under target/, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("target/manifest-cli-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    fn file(&self, name: &str, body: &str) -> String {
+        let p = self.0.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, body).unwrap();
+        p.display().to_string()
+    }
+    fn path(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const POD_A: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x, labels: {app: a}}\nspec: {nodeName: node-0, containers: [{name: c, ports: [{containerPort: 80}]}]}\nstatus: {podIP: 10.244.0.2}\n";
+const DENY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}}\n";
+
+fn shop_pods() -> String {
+    format!("{}/examples/shop-pods", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Class 1: a file that cannot be read as a whole refuses every command (exit 2, nothing on
+/// stdout), whichever way it fails.
+#[test]
+fn unreadable_files_refuse_every_command() {
+    let dir = TempDir::new("refuse");
+    let bad = [
+        ("syntax.yaml", format!("{POD_A}---\n{DENY}  ingress: [\n")),
+        (
+            "typo.yaml",
+            format!(
+                "{POD_A}---\n{}",
+                DENY.replace("NetworkPolicy", "Networkpolicy")
+            ),
+        ),
+        (
+            "nokind.yaml",
+            format!("{POD_A}---\n{}", DENY.replace("kind: NetworkPolicy\n", "")),
+        ),
+    ];
+    for (name, body) in &bad {
+        let f = dir.file(name, body);
+        for args in [
+            vec!["compile", "-m", &f, "--node", "node-0"],
+            vec!["matrix", "-m", &f, "--ports", "80"],
+            vec![
+                "explain", "-m", &f, "--from", "x/a", "--to", "x/a", "--port", "80",
+            ],
+            vec!["lab", "run", "-m", &f, "--ports", "80"],
+            vec!["lab", "up", "-m", &f, "--name", "hardenrefuse"],
+        ] {
+            let out = sluice(&args);
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{name} {args:?}: {}",
+                text(&out.stderr)
+            );
+            assert!(out.stdout.is_empty(), "{name} {args:?}");
+            assert!(
+                text(&out.stderr).contains("refusing the manifests"),
+                "{name}: {}",
+                text(&out.stderr)
+            );
+        }
+    }
+}
+
+/// Class 1 on a real kernel: `apply` of an unreadable file keeps the previous ruleset, and
+/// `status` refuses too.
+#[test]
+fn apply_of_an_unreadable_file_keeps_the_previous_ruleset() {
+    let dir = TempDir::new("apply");
+    let good = dir.file("good/all.yaml", &format!("{POD_A}---\n{DENY}"));
+    let ns = common::Netns::new("hrdnapply");
+    let run = |args: &[&str]| {
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name, BIN])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let list = || {
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &ns.name, "nft", "list", "table", "inet", "sluice",
+            ])
+            .output()
+            .unwrap();
+        text(&out.stdout)
+    };
+    let out = run(&["apply", "-m", &good, "--node", "node-0"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let before = list();
+    assert!(before.contains("pod_x_a_ingress"), "{before}");
+    let bad = dir.file(
+        "bad/all.yaml",
+        &format!(
+            "{POD_A}---\n{}",
+            DENY.replace("NetworkPolicy", "Networkpolicy")
+        ),
+    );
+    for cmd in ["apply", "status"] {
+        let out = run(&[cmd, "-m", &bad, "--node", "node-0"]);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {}", text(&out.stderr));
+    }
+    assert_eq!(list(), before, "the previous ruleset is kept");
+    let empty = dir.file("empty.yaml", "");
+    let out = run(&["apply", "-m", &empty, "--node", "node-0"]);
+    assert_eq!(out.status.code(), Some(2), "an empty input removes no rule");
+    assert_eq!(list(), before);
+}
+
+/// Class 2: realistic sizes load and give a non-empty answer.
+#[test]
+fn realistic_sizes_load() {
+    let dir = TempDir::new("sizes");
+    // ~2,800 small policies in one List.
+    let items: Vec<String> = (0..2800)
+        .map(|i| format!("{{\"apiVersion\":\"networking.k8s.io/v1\",\"kind\":\"NetworkPolicy\",\"metadata\":{{\"name\":\"p{i}\",\"namespace\":\"x\"}},\"spec\":{{\"podSelector\":{{\"matchLabels\":{{\"app\":\"a{i}\"}}}},\"ingress\":[{{\"from\":[{{\"podSelector\":{{}}}}],\"ports\":[{{\"port\":80}}]}}]}}}}"))
+        .collect();
+    let policies = dir.file(
+        "policies.json",
+        &format!(
+            "{{\"apiVersion\":\"v1\",\"kind\":\"List\",\"items\":[{}]}}",
+            items.join(",")
+        ),
+    );
+    // ~700 pods as `kubectl get pods -o json` prints them (metadata, spec, status in full).
+    let pods: Vec<String> = (0..700)
+        .map(|i| {
+            format!(
+                r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"web-{i}","namespace":"x","uid":"0f6c1f5e-{i:04}","resourceVersion":"{i}","creationTimestamp":"2026-01-01T00:00:00Z","labels":{{"app":"a{i}","pod-template-hash":"7d4b9c"}},"ownerReferences":[{{"apiVersion":"apps/v1","kind":"ReplicaSet","name":"web-7d4b9c","uid":"1","controller":true,"blockOwnerDeletion":true}}]}},"spec":{{"nodeName":"node-{n}","containers":[{{"name":"web","image":"nginx:1.27","ports":[{{"name":"http","containerPort":80,"protocol":"TCP"}}],"resources":{{"requests":{{"cpu":"100m","memory":"64Mi"}}}},"volumeMounts":[{{"name":"kube-api-access","mountPath":"/var/run/secrets/kubernetes.io/serviceaccount","readOnly":true}}],"terminationMessagePath":"/dev/termination-log","imagePullPolicy":"IfNotPresent"}}],"restartPolicy":"Always","dnsPolicy":"ClusterFirst","serviceAccountName":"default","volumes":[{{"name":"kube-api-access","projected":{{"sources":[{{"serviceAccountToken":{{"expirationSeconds":3607,"path":"token"}}}}]}}}}],"tolerations":[{{"key":"node.kubernetes.io/not-ready","operator":"Exists","effect":"NoExecute","tolerationSeconds":300}}]}},"status":{{"phase":"Running","podIP":"10.244.{n}.{h}","podIPs":[{{"ip":"10.244.{n}.{h}"}}],"hostIP":"192.168.0.{n}","conditions":[{{"type":"Ready","status":"True"}}],"containerStatuses":[{{"name":"web","ready":true,"restartCount":0,"image":"nginx:1.27","imageID":"sha256:1","started":true,"state":{{"running":{{"startedAt":"2026-01-01T00:00:01Z"}}}}}}]}}}}"#,
+                n = i / 200,
+                h = i % 200 + 2
+            )
+        })
+        .collect();
+    let pods = dir.file(
+        "pods.json",
+        &format!("{{\"apiVersion\":\"v1\",\"kind\":\"List\",\"metadata\":{{\"resourceVersion\":\"\"}},\"items\":[{}]}}", pods.join(",")),
+    );
+    let out = sluice(&[
+        "compile", "-m", &pods, "-m", &policies, "--node", "node-0", "--output", "ir",
+    ]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("700 pods") && err.contains("2800 network policies"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("unknown field"),
+        "a kubectl export has no unknown fields: {err}"
+    );
+    let ir: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        ir["pods"].as_array().map(Vec::len),
+        Some(200),
+        "node-0's pods"
+    );
+    // 1,025 documents in one file.
+    let docs: String = (0..1025)
+        .map(|i| format!("---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: x, labels: {{app: a}}}}\nspec: {{containers: [{{name: c, ports: [{{containerPort: 80}}]}}]}}\n"))
+        .collect();
+    let many = dir.file("many.yaml", &docs);
+    let out = sluice(&["matrix", "-m", &many]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("1025 pods"),
+        "{}",
+        text(&out.stderr)
+    );
+    // The column header, the row of pod names, a row per pod, a blank line.
+    assert_eq!(text(&out.stdout).lines().count(), 1 + 1 + 1025 + 1);
+}
+
+/// Class 2: limits stop bombs only, as exit 2 with a plain message.
+#[test]
+fn bombs_are_stopped_with_a_plain_message() {
+    let dir = TempDir::new("bombs");
+    let mut laughs = String::from("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: lol}\ndata:\n  a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..10 {
+        let p = i - 1;
+        laughs.push_str(&format!("  a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
+    }
+    let deep = format!("{}1{}", "[".repeat(5000), "]".repeat(5000));
+    for (name, body) in [
+        ("laughs.yaml", laughs),
+        ("deep.json", deep.clone()),
+        ("deep.yaml", deep),
+    ] {
+        let f = dir.file(name, &body);
+        let begin = Instant::now();
+        let out = sluice(&["matrix", "-m", &f, "--ports", "80"]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert!(err.contains("limit"), "{name}: {err}");
+        assert!(!err.contains("panicked"), "{name}: {err}");
+        assert!(begin.elapsed() < Duration::from_secs(10), "{name}");
+    }
+}
+
+/// Class 3: unknown fields warn with their path, and fail under --strict.
+#[test]
+fn unknown_fields_warn_and_fail_under_strict() {
+    let dir = TempDir::new("unknown");
+    let f = dir.file(
+        "p.yaml",
+        &format!(
+            "{POD_A}---\n{}",
+            DENY.replace(
+                "spec: {podSelector: {}}",
+                "spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, excpet: [10.1.0.0/16]}}]}]}"
+            )
+        ),
+    );
+    let out = sluice(&["matrix", "-m", &f, "--ports", "80"]);
+    assert!(out.status.success());
+    assert!(text(&out.stderr).contains(
+        "warning: NetworkPolicy x/deny: spec.ingress[0].from[0].ipBlock.excpet: unknown field"
+    ));
+    let out = sluice(&["matrix", "-m", &f, "--ports", "80", "--strict"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains(
+        "error: NetworkPolicy x/deny: spec.ingress[0].from[0].ipBlock.excpet: unknown field"
+    ));
+}
+
+/// Class 7: a closed output pipe ends every printing command quietly.
+#[test]
+fn a_closed_pipe_ends_every_command_quietly() {
+    let dir = TempDir::new("pipe");
+    let big: String = (0..300)
+        .map(|i| format!("---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: x}}\nspec: {{nodeName: node-0, containers: [{{name: c, ports: [{{containerPort: 80}}]}}]}}\nstatus: {{podIP: 10.244.0.{}}}\n", i % 250 + 2))
+        .collect();
+    let f = dir.file("big.yaml", &format!("{big}---\n{DENY}"));
+    for args in [
+        vec!["matrix", "-m", &f],
+        vec!["compile", "-m", &f, "--node", "node-0"],
+        vec!["compile", "-m", &f, "--node", "node-0", "--output", "json"],
+        vec![
+            "explain", "-m", &f, "--from", "x/p1", "--to", "x/p2", "--port", "80",
+        ],
+        vec!["conformance", "run", "--oracle-only"],
+        vec!["--help"],
+    ] {
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // And with stderr in the same pipe (`2>&1 | head -c1`): no panic there either.
+        let both = Command::new("bash")
+            .arg("-c")
+            .arg("\"$0\" \"$@\" 2>&1 | head -c1 >/dev/null; echo ${PIPESTATUS[0]}")
+            .arg(BIN)
+            .args(&args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        let code = text(&both.stdout).trim().to_string();
+        assert!(
+            ["0", "1", "141"].contains(&code.as_str()),
+            "{args:?} 2>&1 | head: exit {code}"
+        );
+        // Read one byte (or nothing) and close: what `| head -c1` does.
+        let mut stdout = child.stdout.take().unwrap();
+        let mut one = [0u8; 1];
+        let _ = stdout.read(&mut one);
+        drop(stdout);
+        let out = child.wait_with_output().unwrap();
+        let err = text(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(!err.contains("Broken pipe"), "{args:?}: {err}");
+        let code = out.status.code();
+        assert!(
+            matches!(code, Some(0 | 1 | 141)),
+            "{args:?}: exit {code:?}: {err}"
+        );
+    }
+}
+
+/// Class 7: FIFOs in directories, stdin, upper-case extensions, link loops.
+#[test]
+fn files_pipes_stdin_extensions_and_link_loops() {
+    let dir = TempDir::new("files");
+    dir.file("a/pods.YAML", POD_A);
+    dir.file("a/b/policy.Yml", DENY);
+    dir.file(
+        "a/b/ns.JSON",
+        "{\"apiVersion\": \"v1\", \"kind\": \"Namespace\", \"metadata\": {\"name\": \"x\"}}",
+    );
+    let fifo = dir.0.join("a/b/pipe.yaml");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    std::os::unix::fs::symlink("..", dir.0.join("a/b/loop")).unwrap();
+    std::os::unix::fs::symlink("b", dir.0.join("a/again")).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["matrix", "-m", &dir.path(), "--ports", "80"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let begin = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if begin.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("sluice hangs on a FIFO in a manifest directory");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("read 1 namespaces, 1 pods, 0 workloads, 1 network policies"),
+        "{err}"
+    );
+    assert!(err.contains("pipe.yaml: not a regular file"), "{err}");
+    assert!(
+        !err.contains("declared twice"),
+        "every file read once: {err}"
+    );
+    // stdin
+    let mut child = Command::new(BIN)
+        .args(["matrix", "-m", "-", "--ports", "80"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{POD_A}---\n{DENY}").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("x/a\t"), "{}", text(&out.stdout));
+}
+
+/// Class 10: messages say what is wrong, once.
+#[test]
+fn messages_name_the_problem() {
+    let dir = TempDir::new("messages");
+    let f = dir.file("p.yaml", &format!("{POD_A}---\n{DENY}"));
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "explain",
+                "-m",
+                &f,
+                "--from",
+                "x/a",
+                "--to",
+                "x/a",
+                "--port",
+                "99999999999999999999",
+            ],
+            "--port: port 99999999999999999999 is out of range: use 1 to 65535",
+        ),
+        (
+            vec![
+                "explain",
+                "-m",
+                &f,
+                "--from",
+                "300.1.1.1",
+                "--to",
+                "x/a",
+                "--port",
+                "80",
+            ],
+            "--from \"300.1.1.1\" is not a valid IP address, nor a pod",
+        ),
+        (
+            vec![
+                "explain",
+                "-m",
+                "/dev/null",
+                "--from",
+                "x/a",
+                "--to",
+                "x/a",
+                "--port",
+                "80",
+            ],
+            "found no Kubernetes objects in /dev/null",
+        ),
+        (
+            vec!["matrix", "-m", &f, "--ports", "99999999999999999999"],
+            "port 99999999999999999999 is out of range",
+        ),
+        (
+            vec!["matrix", "-m", &f, "--protocols", "icmp"],
+            "unsupported protocol \"icmp\": use TCP, UDP or SCTP",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = sluice(&args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        for line in err.lines() {
+            let parts: Vec<&str> = line.split(": ").collect();
+            for w in parts.windows(2) {
+                assert_ne!(w[0], w[1], "a message repeats itself: {line}");
+            }
+        }
+    }
+    // Command-line protocols are accepted in any case, everywhere.
+    for p in ["tcp", "Tcp", "TCP"] {
+        let out = sluice(&[
+            "explain",
+            "-m",
+            &f,
+            "--from",
+            "x/a",
+            "--to",
+            "x/a",
+            "--port",
+            "80",
+            "--protocol",
+            p,
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{p}: {}", text(&out.stderr));
+        let out = sluice(&["matrix", "-m", &f, "--ports", "80", "--protocols", p]);
+        assert!(out.status.success(), "{p}");
+    }
+    // Every exit code is in the help.
+    let help = text(&sluice(&["--help"]).stdout);
+    for code in [
+        "0 success",
+        "1 a negative answer",
+        "2 bad input",
+        "3 the work itself failed",
+        "141",
+    ] {
+        assert!(help.contains(code), "{code}: {help}");
+    }
+}
+
+/// Class 11: the README's dataplane example gives a real ruleset, and a pod with a node
+/// but no IP is a warning.
+#[test]
+fn the_dataplane_example_compiles_to_real_rules() {
+    let out = sluice(&["compile", "-m", &shop_pods(), "--node", "node-0"]);
+    let nft = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for want in [
+        "jump pod_shop_frontend-7d4b9c-x2kfp_ingress",
+        "jump pod_shop_db-0_egress",
+        "10.244.1.10 . tcp . 8000",
+    ] {
+        assert!(nft.contains(want), "{want} not in\n{nft}");
+    }
+    let dir = TempDir::new("noip");
+    let f = dir.file(
+        "p.yaml",
+        &format!(
+            "{}---\n{DENY}",
+            POD_A.replace("status: {podIP: 10.244.0.2}\n", "")
+        ),
+    );
+    let out = sluice(&["compile", "-m", &f, "--node", "node-0"]);
+    assert!(
+        text(&out.stderr).contains("pod x/a is on node node-0 but has no IP"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = sluice(&[
+        "explain", "-m", &f, "--from", "x/a", "--to", "x/a", "--port", "80",
+    ]);
+    assert!(
+        text(&out.stdout).contains("has no IP in the manifests"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+/// Class 13: without a built API server, --via-apiserver stops once and says what to run.
+#[test]
+fn via_apiserver_without_a_built_api_server_stops_once() {
+    let dir = TempDir::new("noapi");
+    let out = Command::new(BIN)
+        .args(["conformance", "run", "--via-apiserver"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("SLUICE_CACHE", dir.path())
+        .env_remove("SLUICE_KUBE_APISERVER")
+        .env_remove("SLUICE_ETCD")
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.matches("scripts/build-apiserver").count(), 1, "{err}");
+    assert!(out.stdout.is_empty(), "no case ran: {}", text(&out.stdout));
+}
