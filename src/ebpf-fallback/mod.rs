@@ -11,6 +11,7 @@
 
 pub mod entries;
 pub mod layout;
+mod pin_key;
 mod sys;
 pub mod translate;
 
@@ -137,9 +138,14 @@ const PINNED_MAPS: [&str; 11] = [
     "sluice_stats",
 ];
 
-/// Where a node's pinned programs and maps live: one directory per network namespace.
+/// Where a node's pinned programs and maps live: one directory per network namespace, a named
+/// one by its name, the current one by its identity (see `pin_key`).
 pub fn pin_dir(netns: Option<&str>) -> PathBuf {
-    Path::new("/sys/fs/bpf/sluice").join(netns.unwrap_or("host"))
+    let base = Path::new("/sys/fs/bpf/sluice");
+    match netns {
+        Some(name) => base.join(name),
+        None => base.join(pin_key::current_netns_key()),
+    }
 }
 
 /// bpffs refuses names with a dot (`flannel.1`): `%` escapes, so names stay distinct.
