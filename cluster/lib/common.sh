@@ -47,22 +47,33 @@ die() {
   exit 1
 }
 
+# The nsenter prefix for WHERE: cp (the control plane's network namespace) or a node number
+# (its network and mount namespaces).
+ns_prefix() {
+  if [ "$1" = cp ]; then
+    echo "nsenter --net=/run/netns/$CP_NS --"
+  else
+    echo "nsenter --net=/run/netns/$(node_ns "$1") --mount=$(node_dir "$1")/mnt --"
+  fi
+}
 # Runs a command in the control plane's network namespace (where kubectl reaches the API).
-in_cp() { nsenter --net="/run/netns/$CP_NS" -- "$@"; }
+in_cp() { $(ns_prefix cp) "$@"; }
 # Runs a command inside node N: its network and mount namespaces.
 in_node() {
   local n="$1"
   shift
-  nsenter --net="/run/netns/$(node_ns "$n")" --mount="$(node_dir "$n")/mnt" -- "$@"
+  $(ns_prefix "$n") "$@"
 }
 kc() { in_cp "$BIN/kubectl" --kubeconfig "$ADMIN_KUBECONFIG" "$@"; }
 
-# Starts a long-running daemon detached, its output in $LOGS/NAME.log, its pid in $PIDS/NAME.
+# daemon NAME WHERE CMD...: starts CMD detached in WHERE (see ns_prefix), its output in
+# $LOGS/NAME.log, its pid in $PIDS/NAME (nsenter execs CMD, so the pid is CMD's).
 daemon() {
-  local name="$1"
-  shift
+  local name="$1" where="$2"
+  shift 2
   mkdir -p "$LOGS" "$PIDS"
-  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  # shellcheck disable=SC2046
+  setsid $(ns_prefix "$where") "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
   echo $! >"$PIDS/$name"
 }
 daemon_alive() {

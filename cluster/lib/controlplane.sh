@@ -22,11 +22,11 @@ start_control_plane() {
   log "etcd, kube-apiserver, kube-controller-manager, kube-scheduler"
   # fsync off: a throwaway cluster on a shared two-core machine, where etcd's fsync latency
   # otherwise shows up as API timeouts under load.
-  daemon etcd in_cp "$BIN/etcd" --name cp --data-dir "$d/etcd" \
+  daemon etcd cp "$BIN/etcd" --name cp --data-dir "$d/etcd" \
     --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
     --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
     --initial-cluster cp=http://127.0.0.1:2380 --unsafe-no-fsync --log-level warn
-  daemon kube-apiserver in_cp "$BIN/kube-apiserver" \
+  daemon kube-apiserver cp "$BIN/kube-apiserver" \
     --etcd-servers=http://127.0.0.1:2379 \
     --bind-address=0.0.0.0 --secure-port="$API_PORT" --advertise-address="$CP_IP" \
     --service-cluster-ip-range="$SERVICE_CIDR" \
@@ -40,7 +40,7 @@ start_control_plane() {
     --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
     --allow-privileged=true --profiling=false --v=1
   wait_for 120 "kube-apiserver" kc get --raw /readyz
-  daemon kube-controller-manager in_cp "$BIN/kube-controller-manager" \
+  daemon kube-controller-manager cp "$BIN/kube-controller-manager" \
     --kubeconfig="$PKI/controller-manager.kubeconfig" \
     --authentication-kubeconfig="$PKI/controller-manager.kubeconfig" \
     --authorization-kubeconfig="$PKI/controller-manager.kubeconfig" \
@@ -49,7 +49,7 @@ start_control_plane() {
     --service-cluster-ip-range="$SERVICE_CIDR" \
     --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/ca.crt" \
     --use-service-account-credentials=true --v=1
-  daemon kube-scheduler in_cp "$BIN/kube-scheduler" \
+  daemon kube-scheduler cp "$BIN/kube-scheduler" \
     --kubeconfig="$PKI/scheduler.kubeconfig" \
     --authentication-kubeconfig="$PKI/scheduler.kubeconfig" \
     --authorization-kubeconfig="$PKI/scheduler.kubeconfig" \

@@ -143,27 +143,27 @@ EOF
 
 start_containerd() {
   local n="$1"
-  daemon "n$n-containerd" in_node "$n" containerd --config "$(node_dir "$n")/containerd.toml"
+  daemon "n$n-containerd" "$n" containerd --config "$(node_dir "$n")/containerd.toml"
   wait_for 60 "containerd on $(node_name "$n")" in_node "$n" ctr --address /run/containerd/containerd.sock version
 }
 
 start_kubelet() {
   local n="$1"
-  daemon "n$n-kubelet" in_node "$n" "$BIN/kubelet" --config "$(node_dir "$n")/kubelet.yaml" \
+  daemon "n$n-kubelet" "$n" "$BIN/kubelet" --config "$(node_dir "$n")/kubelet.yaml" \
     --kubeconfig "$PKI/kubelet-$n.kubeconfig" --hostname-override "$(node_name "$n")" \
     --node-ip "$(node_ip "$n")" --v=1
 }
 
 start_flanneld() {
   local n="$1"
-  daemon "n$n-flanneld" in_node "$n" env NODE_NAME="$(node_name "$n")" "$BIN/flanneld" \
+  daemon "n$n-flanneld" "$n" env NODE_NAME="$(node_name "$n")" "$BIN/flanneld" \
     --kube-subnet-mgr --kubeconfig-file="$PKI/flannel.kubeconfig" --iface=eth0 --ip-masq \
     --net-config-path="$CLUSTER_ROOT/net-conf.json"
 }
 
 start_kube_proxy() {
   local n="$1"
-  daemon "n$n-kube-proxy" in_node "$n" "$BIN/kube-proxy" --config "$(node_dir "$n")/kube-proxy.yaml" --v=1
+  daemon "n$n-kube-proxy" "$n" "$BIN/kube-proxy" --config "$(node_dir "$n")/kube-proxy.yaml" --v=1
 }
 
 # What flannel's CNI plugin would hand its delegate, from the subnet.env flanneld wrote:
