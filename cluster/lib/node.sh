@@ -171,9 +171,11 @@ start_kube_proxy() {
 # bridge when flanneld masquerades (FLANNEL_IPMASQ=true), hairpin on, the pod's default route
 # via the bridge; then portmap. (The flannel CNI plugin's module is not served here.)
 write_cni_conf() {
-  local n="$1" env
+  local n="$1" env dir
   env="$(in_node "$n" cat /run/flannel/subnet.env)"
-  python3 - "$env" >"$(node_dir "$n")/fs/etc/cni/net.d/10-flannel.conflist" <<'PY'
+  dir="$(node_dir "$n")/fs/etc/cni/net.d"
+  # Written aside and renamed: containerd reloads on every write event.
+  python3 - "$env" >"$dir/.10-flannel.conflist.tmp" <<'PY'
 import ipaddress, json, sys
 env = dict(l.split("=", 1) for l in sys.argv[1].split() if "=" in l)
 subnet = ipaddress.ip_interface(env["FLANNEL_SUBNET"]).network
@@ -201,6 +203,7 @@ conf = {
 json.dump(conf, sys.stdout, indent=2)
 print()
 PY
+  mv "$dir/.10-flannel.conflist.tmp" "$dir/10-flannel.conflist"
 }
 
 import_image() { # import_image N ARCHIVE
@@ -221,7 +224,19 @@ start_node() {
   import_image "$n" "$CACHE/images/agnhost.tar"
   start_kubelet "$n"
   start_kube_proxy "$n"
+}
+
+has_pod_cidr() { [ -n "$(kc get node "$(node_name "$1")" -o jsonpath='{.spec.podCIDR}' 2>/dev/null)" ]; }
+
+# The pod network of node N: flanneld exits when the node has no podCIDR yet (as a DaemonSet
+# pod it would be restarted), so it starts once the controller manager has allocated one; the
+# CNI configuration follows from the subnet it writes.
+start_node_network() {
+  local n="$1"
+  wait_for 120 "$(node_name "$n") registered with a podCIDR" has_pod_cidr "$n"
   start_flanneld "$n"
+  wait_for 120 "flanneld's subnet on $(node_name "$n")" in_node "$n" test -s /run/flannel/subnet.env
+  write_cni_conf "$n"
 }
 
 # The pids of every process of node N: in its network or mount namespace (the daemons,
