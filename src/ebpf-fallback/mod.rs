@@ -13,6 +13,7 @@ pub mod entries;
 pub mod layout;
 mod pin_key;
 mod sys;
+mod tcx_query;
 pub mod translate;
 
 use std::collections::BTreeMap;
@@ -922,17 +923,17 @@ impl Dataplane for EbpfDataplane {
                         p.info().ok().map(|i| i.id())
                     })
                     .collect();
-                let ifaces: Vec<String> = ifindex.keys().cloned().collect();
+                let ifaces: Vec<(String, u32)> =
+                    ifindex.iter().map(|(i, x)| (i.clone(), *x)).collect();
                 Self::in_ns(&self.netns, move || {
                     ifaces
                         .into_iter()
-                        .map(|i| {
-                            let n = [TcAttachType::Ingress, TcAttachType::Egress]
+                        .map(|(i, x)| {
+                            let n = [true, false]
                                 .iter()
-                                .filter(|t| {
-                                    SchedClassifier::query_tcx(&i, **t).is_ok_and(|(_, progs)| {
-                                        progs.iter().any(|p| ours.contains(&p.id()))
-                                    })
+                                .filter(|ingress| {
+                                    tcx_query::tcx_program_ids(x, **ingress)
+                                        .is_ok_and(|ids| ids.iter().any(|id| ours.contains(id)))
                                 })
                                 .count();
                             (i, n)
