@@ -237,6 +237,114 @@ spec: {podSelector: {}}
     assert_eq!(left, 0, "programs still attached");
 }
 
+/// Sets or clears CAP_SYS_ADMIN in this thread's effective set (capabilities are per thread).
+fn sys_admin_effective(on: bool) {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const CAP_SYS_ADMIN: u32 = 21;
+    let mut h = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let mut d = [Data::default(); 2];
+    // SAFETY: capget/capset with a version-3 header and two data elements, as the ABI wants.
+    unsafe {
+        assert_eq!(libc::syscall(libc::SYS_capget, &mut h, d.as_mut_ptr()), 0);
+        if on {
+            d[0].effective |= 1 << CAP_SYS_ADMIN;
+        } else {
+            d[0].effective &= !(1 << CAP_SYS_ADMIN);
+        }
+        assert_eq!(libc::syscall(libc::SYS_capset, &mut h, d.as_ptr()), 0);
+    }
+}
+
+/// The DaemonSet grants the agent NET_ADMIN, BPF and PERFMON, not SYS_ADMIN. Status must still
+/// see the programs the agent attached: on a real cluster it read them through an API that
+/// opens programs by id (CAP_SYS_ADMIN), reported "0 of 2 programs attached" for every pod and
+/// re-applied the ruleset in a loop.
+#[test]
+fn ebpf_status_needs_no_cap_sys_admin() {
+    if !ebpf_built() {
+        return;
+    }
+    let ns = common::Netns::new("ebpfcap");
+    for args in [
+        &[
+            "link", "add", "slveth0", "type", "veth", "peer", "name", "slveth1",
+        ][..],
+        &["link", "set", "slveth0", "up"][..],
+    ] {
+        let ok = std::process::Command::new("ip")
+            .args(["-n", &ns.name])
+            .args(args)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ip {args:?}");
+    }
+    let cluster = common::cluster_from(
+        r#"
+kind: Pod
+apiVersion: v1
+metadata: {name: a, namespace: x, labels: {app: a}}
+spec: {nodeName: n, containers: [{name: c}]}
+---
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: deny, namespace: x}
+spec: {podSelector: {}}
+"#,
+    );
+    let mut attachments = std::collections::BTreeMap::new();
+    attachments.insert(
+        n("x/a"),
+        sluice::compile::Attachment {
+            iface: Some("slveth0".into()),
+            mac: None,
+        },
+    );
+    let rs = sluice::compile::compile(&sluice::compile::CompileInput {
+        cluster: &cluster,
+        node: "n",
+        attach: Attach::Routed,
+        attachments: &attachments,
+    });
+    // The agent's case: the dataplane of the current namespace (a DaemonSet pod's).
+    let (mode, aya_query, status) = sluice::lab::netns::exec_in(&ns.name, || {
+        let mut dp = EbpfDataplane::new(None).unwrap();
+        dp.apply_full(&rs).unwrap();
+        sys_admin_effective(false);
+        let aya_query = aya::programs::SchedClassifier::query_tcx(
+            "slveth0",
+            aya::programs::TcAttachType::Ingress,
+        )
+        .map(|(_, p)| p.len());
+        let status = dp.status(&rs).unwrap();
+        sys_admin_effective(true);
+        dp.remove().unwrap();
+        (dp.attach_mode(), aya_query, status)
+    })
+    .unwrap();
+    if mode != sluice::ebpf::AttachMode::Tcx {
+        eprintln!("skipped: clsact attachment (no tcx on this kernel): status does not query");
+        return;
+    }
+    // Without CAP_SYS_ADMIN, opening programs by id is refused: the condition of the bug.
+    assert!(aya_query.is_err(), "expected EPERM, got {aya_query:?}");
+    assert!(status.in_sync, "{:?}", status.differences);
+}
+
 /// The clsact path (kernels before 6.6), forced on this kernel: the example shop through its
 /// ClusterIPs, every cell as the oracle says, routed and bridged (`sluice lab run` compares).
 #[test]

@@ -11,7 +11,9 @@
 
 pub mod entries;
 pub mod layout;
+mod pin_key;
 mod sys;
+mod tcx_query;
 pub mod translate;
 
 use std::collections::BTreeMap;
@@ -137,9 +139,14 @@ const PINNED_MAPS: [&str; 11] = [
     "sluice_stats",
 ];
 
-/// Where a node's pinned programs and maps live: one directory per network namespace.
+/// Where a node's pinned programs and maps live: one directory per network namespace, a named
+/// one by its name, the current one by its identity (see `pin_key`).
 pub fn pin_dir(netns: Option<&str>) -> PathBuf {
-    Path::new("/sys/fs/bpf/sluice").join(netns.unwrap_or("host"))
+    let base = Path::new("/sys/fs/bpf/sluice");
+    match netns {
+        Some(name) => base.join(name),
+        None => base.join(pin_key::current_netns_key()),
+    }
 }
 
 /// bpffs refuses names with a dot (`flannel.1`): `%` escapes, so names stay distinct.
@@ -916,17 +923,17 @@ impl Dataplane for EbpfDataplane {
                         p.info().ok().map(|i| i.id())
                     })
                     .collect();
-                let ifaces: Vec<String> = ifindex.keys().cloned().collect();
+                let ifaces: Vec<(String, u32)> =
+                    ifindex.iter().map(|(i, x)| (i.clone(), *x)).collect();
                 Self::in_ns(&self.netns, move || {
                     ifaces
                         .into_iter()
-                        .map(|i| {
-                            let n = [TcAttachType::Ingress, TcAttachType::Egress]
+                        .map(|(i, x)| {
+                            let n = [true, false]
                                 .iter()
-                                .filter(|t| {
-                                    SchedClassifier::query_tcx(&i, **t).is_ok_and(|(_, progs)| {
-                                        progs.iter().any(|p| ours.contains(&p.id()))
-                                    })
+                                .filter(|ingress| {
+                                    tcx_query::tcx_program_ids(x, **ingress)
+                                        .is_ok_and(|ids| ids.iter().any(|id| ours.contains(id)))
                                 })
                                 .count();
                             (i, n)
