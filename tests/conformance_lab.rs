@@ -24,14 +24,24 @@ fn sluice(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn no_lab_left() {
+/// Fails when a lab was left behind, with the run's stderr (teardown errors are printed there).
+/// The leftovers are removed first, so one leak fails one test, not every test after it.
+fn no_lab_left(stderr: &str) {
     let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
     let list = String::from_utf8_lossy(&out.stdout);
-    let ours: Vec<&str> = list
+    let ours: Vec<String> = list
         .lines()
-        .filter(|l| l.starts_with("slcf") || l.starts_with("slrun"))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("slcf") || n.starts_with("slrun"))
+        .map(str::to_string)
         .collect();
-    assert!(ours.is_empty(), "namespaces left behind: {ours:?}");
+    for ns in &ours {
+        let _ = Command::new("ip").args(["netns", "del", ns]).status();
+    }
+    assert!(
+        ours.is_empty(),
+        "namespaces left behind: {ours:?}\nstderr of the run:\n{stderr}"
+    );
 }
 
 fn suite(attach: &str) {
@@ -87,7 +97,7 @@ fn suite(attach: &str) {
         .count();
     assert_eq!(upstream_passed, 45, "all TCP/UDP upstream cases pass");
     assert_eq!(code, 0);
-    no_lab_left();
+    no_lab_left(&stderr);
 }
 
 #[test]
@@ -129,5 +139,5 @@ fn differential_fuzz_oracle_vs_kernel() {
         "seed {seed}\n{stdout}\n{stderr}"
     );
     assert_eq!(code, 0);
-    no_lab_left();
+    no_lab_left(&stderr);
 }

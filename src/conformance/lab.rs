@@ -162,8 +162,14 @@ impl Enforcer for LabEnforcer {
 
     fn teardown(&mut self) {
         if let Some(lab) = self.lab.take() {
+            let name = lab.guard.name().to_string();
             if let Err(e) = lab.down() {
-                eprintln!("sluice: lab teardown: {e:#}");
+                // Once more by name (removes whatever is left of it): a lab left behind would
+                // fail every later check for leftovers, and hide the next leak.
+                match crate::lab::down_by_name(&name) {
+                    Ok(()) => eprintln!("sluice: lab teardown: {e:#} (removed on retry)"),
+                    Err(again) => eprintln!("sluice: lab teardown: {e:#}; retry: {again:#}"),
+                }
             }
         }
     }

@@ -49,11 +49,43 @@ pub fn create(netns: &str) -> Result<()> {
 }
 
 /// Delete a named namespace; missing is fine (idempotent teardown).
+///
+/// `ip netns del` can fail transiently (EBUSY while another process's `ip netns exec` holds a
+/// copy of the mount, or when /run/netns was mounted twice by racing first calls), and a
+/// namespace left behind makes the next run's checks fail. So a failure is retried, and the
+/// last resort detaches the bind mount and unlinks the file ourselves; only a namespace that
+/// still exists after all that is an error.
 pub fn delete(netns: &str) -> Result<()> {
+    const ATTEMPTS: u32 = 5;
+    let mut last = None;
+    for attempt in 0..ATTEMPTS {
+        if !exists(netns) {
+            return Ok(());
+        }
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(100 << attempt));
+        }
+        match run("ip", &["netns", "del", netns]) {
+            Ok(()) if !exists(netns) => return Ok(()),
+            Ok(()) => {
+                last = Some(anyhow!(
+                    "`ip netns del {netns}` succeeded but it still exists"
+                ))
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let path = netns_path(netns);
+    let _ = run("umount", &["--lazy", &path.display().to_string()]);
+    let _ = std::fs::remove_file(&path);
     if !exists(netns) {
         return Ok(());
     }
-    run("ip", &["netns", "del", netns])
+    Err(last
+        .unwrap_or_else(|| anyhow!("could not delete {netns}"))
+        .context(format!(
+            "delete network namespace {netns} ({ATTEMPTS} attempts)"
+        )))
 }
 
 /// All named namespaces (from the bind-mount directory, so no `ip` parsing).
