@@ -162,6 +162,21 @@ fn ebpf_enforces_a_small_lab_bridged() {
     }
 }
 
+/// Issue 17 class 14 for the eBPF fallback: see `common::spoof`.
+#[test]
+fn ebpf_stops_spoofed_sources_routed() {
+    if ebpf_built() {
+        common::spoof::check("spe", Attach::Routed, DataplaneKind::Ebpf);
+    }
+}
+
+#[test]
+fn ebpf_stops_spoofed_sources_bridged() {
+    if ebpf_built() {
+        common::spoof::check("spe", Attach::Bridged, DataplaneKind::Ebpf);
+    }
+}
+
 /// remove() detaches from every interface and is idempotent; nothing stays attached.
 #[test]
 fn ebpf_remove_detaches_everything() {

@@ -110,10 +110,20 @@ fn check(attach: Attach) {
                 ),
             );
         }
-        // Bridged pods carry their anti-spoofing guard.
+        // Every pod carries its anti-spoofing guard (issue 17, class 14): its own addresses;
+        // MAC and ARP sender only on a bridge.
+        let g = t.pods[p.iface.as_ref().unwrap()]
+            .guard
+            .clone()
+            .unwrap_or_else(|| panic!("{attach}: {} has no guard", p.pod));
+        assert!(!g.drop_all, "{attach}: {}", p.pod);
+        let v4: Vec<IpAddr> = g.v4.unwrap().iter().map(|n| IpAddr::V4(n.addr())).collect();
+        let own_v4: Vec<IpAddr> = p.ips.iter().filter(|i| i.is_ipv4()).copied().collect();
+        assert_eq!(v4, own_v4, "{attach}: {}", p.pod);
+        assert_eq!(g.mac.is_some(), attach == Attach::Bridged);
         assert_eq!(
-            t.pods[p.iface.as_ref().unwrap()].guard.is_some(),
-            attach == Attach::Bridged
+            g.arp.is_some(),
+            attach == Attach::Bridged && !own_v4.is_empty()
         );
     }
     let mut addrs: Vec<IpAddr> = cluster

@@ -488,3 +488,58 @@ fn lab_netfilter_verdicts_routed() {
 fn lab_netfilter_verdicts_bridged() {
     netfilter_verdicts(Attach::Bridged, "vb");
 }
+
+/// Issue 17 class 12: a cluster export (its own node names, 10.244.7.x / 10.244.9.x pod
+/// addresses, one Pending pod without an address) replays in the lab as is, and what the
+/// kernel lets through equals `sluice matrix` on the same files.
+#[test]
+fn lab_replays_a_cluster_export() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/export");
+    let sluice = |args: &[&str]| -> serde_json::Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .output()
+            .expect("run sluice");
+        assert!(
+            out.status.success(),
+            "sluice {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        serde_json::from_slice(&out.stdout).expect("json")
+    };
+    let key = |c: &serde_json::Value| {
+        (
+            c["from"].as_str().unwrap().to_string(),
+            c["to"].as_str().unwrap().to_string(),
+            c["port"].as_u64().unwrap(),
+            c["protocol"].as_str().unwrap().to_ascii_uppercase(),
+        )
+    };
+    let matrix = sluice(&["matrix", "-m", dir, "--output", "json"]);
+    let want: std::collections::BTreeMap<_, bool> = matrix
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["from"] != c["to"])
+        .map(|c| (key(c), c["allowed"].as_bool().unwrap()))
+        .collect();
+    assert!(want.values().any(|a| *a) && want.values().any(|a| !*a));
+    let run = sluice(&["lab", "run", "-m", dir, "--output", "json"]);
+    let got: std::collections::BTreeMap<_, Option<bool>> = run["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (key(c), c["observed"].as_bool()))
+        .collect();
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    let differ: Vec<String> = want
+        .iter()
+        .filter(|(k, a)| got[*k] != Some(**a))
+        .map(|(k, a)| format!("{k:?}: matrix {a}, lab {:?}", got[k]))
+        .collect();
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+}

@@ -253,3 +253,23 @@ fn pod_churn_is_element_churn() {
     assert_eq!(stats.chains_touched(), 0, "{stats:?}");
     assert!(dp.status(&after).unwrap().in_sync);
 }
+
+/// Issue 17 class 14: every packet a pod sends carries one of its own addresses. Raw TCP SYNs
+/// and UDP datagrams with another pod's (or nobody's) source never arrive, the genuine ones do.
+#[test]
+fn nft_stops_spoofed_sources_routed() {
+    common::spoof::check(
+        "spn",
+        Attach::Routed,
+        sluice::dataplane::DataplaneKind::Nftables,
+    );
+}
+
+#[test]
+fn nft_stops_spoofed_sources_bridged() {
+    common::spoof::check(
+        "spn",
+        Attach::Bridged,
+        sluice::dataplane::DataplaneKind::Nftables,
+    );
+}

@@ -37,7 +37,9 @@ pub enum LabCommand {
 
 #[derive(Args, Clone)]
 pub struct LabShape {
-    /// Number of nodes (network namespaces joined by a VXLAN overlay).
+    /// Number of nodes (network namespaces joined by a VXLAN overlay) when the pods name no
+    /// nodes or only `node-<i>`; pods naming other nodes (a cluster export) bring exactly
+    /// those nodes, with the pod subnets their addresses show.
     #[arg(long, default_value_t = 2)]
     pub nodes: usize,
     /// routed (CNI ptp, one veth per pod) or bridged (CNI bridge on cni0, flannel's default).
@@ -142,12 +144,17 @@ fn up(a: UpArgs) -> Result<i32> {
         ))
         .into());
     }
-    let mut lab = Lab::up(&labmod::LabSpec {
-        name: a.name.clone(),
-        nodes: a.shape.nodes,
-        attach: a.shape.attach,
-        pods: vec![],
-    })?;
+    let plan = labmod::plan::plan_nodes(&cluster, a.shape.nodes)
+        .map_err(|e| BadInput(format!("{e:#}")))?;
+    let mut lab = Lab::up_planned(
+        &labmod::LabSpec {
+            name: a.name.clone(),
+            nodes: plan.len(),
+            attach: a.shape.attach,
+            pods: vec![],
+        },
+        &plan,
+    )?;
     let exe = std::env::current_exe().context("locating the sluice binary")?;
     let result = (|| -> Result<EnforcedLab> {
         lab.spawn_server(&exe, &["lab", "serve", &a.name])?;
@@ -179,8 +186,13 @@ fn up(a: UpArgs) -> Result<i32> {
     );
     for p in lab.pods() {
         println!(
-            "  {}/{}  node-{}  {}  service {}  ports {:?}",
-            p.namespace, p.name, p.node, p.ip, p.service_ip, p.ports
+            "  {}/{}  {}  {}  service {}  ports {:?}",
+            p.namespace,
+            p.name,
+            lab.node_name(p.node),
+            p.ip,
+            p.service_ip,
+            p.ports
         );
     }
     println!(
@@ -298,7 +310,9 @@ fn run_all(a: RunArgs) -> Result<i32> {
         ));
     }
     let name = format!("run{}", std::process::id() % 100_000);
-    let mut lab = EnforcedLab::up_with(&name, a.shape.nodes, a.shape.attach, a.dataplane)?;
+    let plan = labmod::plan::plan_nodes(&cluster, a.shape.nodes)
+        .map_err(|e| BadInput(format!("{e:#}")))?;
+    let mut lab = EnforcedLab::up_planned_with(&name, &plan, a.shape.attach, a.dataplane)?;
     let probed: Vec<u16> = cols.iter().map(|c| c.port).collect();
     lab.serve_also(&probed);
     let outcome = (|| -> Result<(Vec<CellOut>, String)> {

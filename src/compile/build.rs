@@ -63,8 +63,9 @@ pub fn compile(input: &CompileInput) -> NodeRuleset {
     let index = PodIndex::new(cluster);
     let mut pods_out = Vec::new();
     let mut bridge = Table::new(TableFamily::Bridge, TABLE);
-    if input.attach == Attach::Bridged {
-        add_bridge_base(&mut bridge);
+    match input.attach {
+        Attach::Bridged => add_guard_base(&mut bridge, input.attach),
+        Attach::Routed => add_guard_base(&mut inet, input.attach),
     }
     for pod in &local {
         let name = pod.object_name();
@@ -146,8 +147,17 @@ pub fn compile(input: &CompileInput) -> NodeRuleset {
             }
             iso.push(isolation);
         }
-        if input.attach == Attach::Bridged {
-            add_guard(&mut bridge, pod, &iface, attachment.mac.as_deref());
+        // Every packet the pod sends must carry one of its own addresses, whatever its
+        // policies: spoofing is the one way around a correct policy.
+        match input.attach {
+            Attach::Bridged => add_guard(
+                &mut bridge,
+                input.attach,
+                pod,
+                &iface,
+                attachment.mac.as_deref(),
+            ),
+            Attach::Routed => add_guard(&mut inet, input.attach, pod, &iface, None),
         }
         let egress = iso.pop().unwrap_or(Isolation::Open);
         let ingress = iso.pop().unwrap_or(Isolation::Open);
@@ -362,14 +372,28 @@ pub fn merge_ranges(ranges: impl Iterator<Item = (u16, u16)>) -> Vec<(u16, u16)>
     out
 }
 
-/// `table bridge sluice`: each local pod's bridge port may only send with its own MAC and IPs.
-fn add_bridge_base(t: &mut Table) {
+/// Anti-spoofing: each local pod's interface may only send with the pod's own addresses.
+///
+/// Bridged: `table bridge sluice` sees the frames of each bridge port (and pins its MAC and
+/// ARP sender too). Routed: the pod's host veth is its own, so the guard is a prerouting chain
+/// of the inet table, at raw priority: before conntrack (a spoofed packet never creates or
+/// matches a connection, so `ct state established` cannot let it by) and before the forward
+/// and input hooks, so it covers traffic to other pods and to the node alike. ARP needs no
+/// guard there: the node routes each pod address only to that pod's veth.
+fn add_guard_base(t: &mut Table, attach: Attach) {
+    let (priority, comment) = match attach {
+        Attach::Bridged => (0, "anti-spoofing: frames from a pod's bridge port"),
+        Attach::Routed => (
+            GUARD_PRIORITY_ROUTED,
+            "anti-spoofing: packets from a pod's host veth",
+        ),
+    };
     t.chains.insert(
         "base_guard".into(),
         Chain {
             base: Some(BaseHook {
                 hook: Hook::Prerouting,
-                priority: 0,
+                priority,
             }),
             rules: vec![Rule {
                 matches: vec![],
@@ -379,20 +403,30 @@ fn add_bridge_base(t: &mut Table) {
                 },
                 comment: None,
             }],
-            comment: Some("anti-spoofing: frames from a pod's bridge port".into()),
+            comment: Some(comment.into()),
         },
     );
+    let comment = match attach {
+        Attach::Bridged => "bridge port -> guard chain",
+        Attach::Routed => "host-side interface -> guard chain",
+    };
     t.sets.insert(
         "guard_dispatch".into(),
         Set {
             ty: SetType::IfnameVerdict,
             elements: BTreeSet::new(),
-            comment: Some("bridge port -> guard chain".into()),
+            comment: Some(comment.into()),
         },
     );
 }
 
-fn add_guard(t: &mut Table, pod: &Pod, iface: &str, mac: Option<&str>) {
+/// Routed guard priority relative to `filter`: -300 is nftables' `raw`, before conntrack (-200).
+const GUARD_PRIORITY_ROUTED: i32 = -300;
+
+/// The guard chain of one pod: drop what does not come from its own MAC (bridged only) and
+/// addresses. A pod without an IPv4 address may send no IPv4 at all, and without an IPv6
+/// address only link-local and unspecified IPv6 (neighbour discovery): fail closed.
+fn add_guard(t: &mut Table, attach: Attach, pod: &Pod, iface: &str, mac: Option<&str>) {
     let name = pod.object_name();
     let chain = names::guard_chain(&pod.namespace, &pod.name);
     let mut rules = Vec::new();
@@ -435,7 +469,8 @@ fn add_guard(t: &mut Table, pod: &Pod, iface: &str, mac: Option<&str>) {
         verdict: Verdict::Drop,
         comment: Some(format!("{name}: foreign IPv4 source")),
     });
-    if let Some(IpNet::V4(a)) = v4.first() {
+    // ARP is seen only by the bridge family (and matters only on a shared segment).
+    if let (Some(IpNet::V4(a)), Attach::Bridged) = (v4.first(), attach) {
         rules.push(Rule {
             matches: vec![
                 Match::EtherProto("arp"),
@@ -467,7 +502,7 @@ fn add_guard(t: &mut Table, pod: &Pod, iface: &str, mac: Option<&str>) {
     );
     t.sets
         .get_mut("guard_dispatch")
-        .expect("declared by add_bridge_base")
+        .expect("declared by add_guard_base")
         .elements
         .insert(Element::IfnameJump(iface.to_string(), chain));
 }
@@ -475,6 +510,70 @@ fn add_guard(t: &mut Table, pod: &Pod, iface: &str, mac: Option<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn routed(text: &str) -> NodeRuleset {
+        let mut b = crate::policy::objects::ClusterBuilder::new();
+        b.add_text("test", text);
+        let (cluster, _) = b.build();
+        compile(&CompileInput {
+            cluster: &cluster,
+            node: "node-0",
+            attach: Attach::Routed,
+            attachments: &BTreeMap::new(),
+        })
+    }
+
+    /// Routed pods are guarded against spoofing too (issue 17, class 14): every local pod,
+    /// isolated or not, and a pod without an address may send no IPv4 at all.
+    #[test]
+    fn routed_pods_may_send_only_their_own_sources() {
+        let rs = routed(
+            "kind: Pod\napiVersion: v1\nmetadata: {name: a, namespace: x}\nspec: {nodeName: node-0, containers: [{name: c}]}\nstatus: {podIP: 10.244.0.2}\n---\nkind: Pod\napiVersion: v1\nmetadata: {name: b, namespace: x}\nspec: {nodeName: node-0, containers: [{name: c}]}\n",
+        );
+        assert!(rs.table(TableFamily::Bridge).is_none());
+        let inet = rs.table(TableFamily::Inet).unwrap();
+        let base = &inet.chains["base_guard"];
+        assert_eq!(
+            base.base,
+            Some(BaseHook {
+                hook: Hook::Prerouting,
+                priority: -300
+            })
+        );
+        let dispatch: Vec<&Element> = inet.sets["guard_dispatch"].elements.iter().collect();
+        assert_eq!(dispatch.len(), 2, "{dispatch:?}");
+        let rules = |chain: &str| -> Vec<Vec<Match>> {
+            inet.chains[chain]
+                .rules
+                .iter()
+                .inspect(|r| assert_eq!(r.verdict, Verdict::Drop))
+                .map(|r| r.matches.clone())
+                .collect()
+        };
+        let a = rules("guard_x_a");
+        assert!(a.contains(&vec![
+            Match::EtherProto("ip"),
+            Match::AddrNotIn {
+                family: Family::V4,
+                side: Side::Src,
+                addrs: vec!["10.244.0.2/32".parse().unwrap()],
+            }
+        ]));
+        assert!(a
+            .iter()
+            .flatten()
+            .all(|m| !matches!(m, Match::ArpSaddrIpNot(_) | Match::EtherSaddrNot(_))));
+        let b = rules("guard_x_b");
+        assert!(b.contains(&vec![Match::EtherProto("ip")]), "{b:?}");
+        assert!(b.contains(&vec![
+            Match::EtherProto("ip6"),
+            Match::AddrNotIn {
+                family: Family::V6,
+                side: Side::Src,
+                addrs: vec!["fe80::/10".parse().unwrap(), "::/128".parse().unwrap()],
+            }
+        ]));
+    }
 
     #[test]
     fn ranges_merge() {

@@ -741,8 +741,9 @@ static __always_inline int prefix_match(const __u8 *a, const __u8 *pfx, __u32 pl
 	return d == 0;
 }
 
-// Bridged attachment: a pod's bridge port may only carry its own MAC and addresses (the
-// nftables dataplane's `table bridge sluice`). Returns 1 to drop.
+// Anti-spoofing, both attachments: a pod's interface may only carry its own addresses (and,
+// bridged, its own MAC and ARP sender), as the nftables dataplane's guard chains. Returns 1 to
+// drop.
 static __noinline int guard_drops(struct __sk_buff *skb, struct pod_val *pod, struct pkt *p,
 				       __u16 ethertype, int is_ip)
 {

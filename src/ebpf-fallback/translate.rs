@@ -73,7 +73,8 @@ pub struct PodEntry {
     pub guard: Option<Guard>,
 }
 
-/// Bridged anti-spoofing (the nftables dataplane's `table bridge sluice`).
+/// Anti-spoofing (the nftables dataplane's guard chains: `table bridge sluice` when bridged,
+/// `base_guard` of the inet table when routed).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Guard {
     /// The guard chain could not be read: drop everything the pod sends.
@@ -124,7 +125,8 @@ pub fn translate(rs: &NodeRuleset) -> Translation {
     let mut out = Translation::default();
     let empty = Table::new(TableFamily::Inet, crate::compile::TABLE);
     let inet = rs.table(TableFamily::Inet).unwrap_or(&empty);
-    let guards = rs.table(TableFamily::Bridge).map(guards_by_iface);
+    // The anti-spoofing guard: `table bridge sluice` when bridged, the inet table when routed.
+    let guards = guards_by_iface(rs.table(TableFamily::Bridge).unwrap_or(inet));
     let mut failed_contexts: BTreeMap<String, String> = BTreeMap::new();
     for pod in &rs.pods {
         let Some(iface) = pod.iface.clone() else {
@@ -168,7 +170,7 @@ pub fn translate(rs: &NodeRuleset) -> Translation {
                 },
             };
         }
-        if let Some(g) = guards.as_ref().and_then(|g| g.get(&iface)) {
+        if let Some(g) = guards.get(&iface) {
             entry.guard = Some(match g {
                 Ok(g) => g.clone(),
                 Err(e) => {
@@ -433,14 +435,14 @@ fn close_ports(ports: &mut BTreeMap<(u8, u16, u8), Bits>) {
     }
 }
 
-fn guards_by_iface(bridge: &Table) -> BTreeMap<String, Result<Guard, String>> {
+fn guards_by_iface(table: &Table) -> BTreeMap<String, Result<Guard, String>> {
     let mut out = BTreeMap::new();
-    let Some(dispatch) = bridge.sets.get("guard_dispatch") else {
+    let Some(dispatch) = table.sets.get("guard_dispatch") else {
         return out;
     };
     for e in &dispatch.elements {
         if let Element::IfnameJump(iface, chain) = e {
-            let g = match bridge.chains.get(chain) {
+            let g = match table.chains.get(chain) {
                 Some(c) => guard(c),
                 None => Err(format!("guard chain {chain} is missing")),
             };

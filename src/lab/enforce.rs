@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+use super::plan::NodePlan;
 use super::{Attach, Lab, LabGuard, LabSpec, PodInfo, PodSpec, ProbeResult, Proto};
 use crate::compile::{compile, Attachment, CompileInput, NodeRuleset};
 use crate::dataplane::{self, Dataplane, DataplaneKind};
@@ -52,13 +53,20 @@ impl EnforcedLab {
         if nodes == 0 {
             bail!("a lab needs at least one node");
         }
+        let plan: Vec<NodePlan> = (0..nodes).map(super::plan::default_node).collect();
+        EnforcedLab::up_planned(name, &plan, attach)
+    }
+
+    /// An empty lab with these nodes (names and pod subnets, see [`super::plan::plan_nodes`]).
+    pub fn up_planned(name: &str, plan: &[NodePlan], attach: Attach) -> Result<EnforcedLab> {
+        let nodes = plan.len();
         let spec = LabSpec {
             name: name.to_string(),
             nodes,
             attach,
             pods: vec![],
         };
-        let mut guard = LabGuard::up(&spec)?;
+        let mut guard = LabGuard::up_planned(&spec, plan)?;
         guard.serve()?;
         Ok(EnforcedLab {
             dataplanes: std::sync::Mutex::new((0..nodes).map(|_| None).collect()),
@@ -81,6 +89,22 @@ impl EnforcedLab {
         // Check the choice before building a lab for nothing.
         let (kind, _) = dataplane::choose(kind)?;
         EnforcedLab::up(name, nodes, attach)?.with_dataplane(kind)
+    }
+
+    /// Like [`EnforcedLab::up_planned`], enforced by the given dataplane.
+    pub fn up_planned_with(
+        name: &str,
+        plan: &[NodePlan],
+        attach: Attach,
+        kind: DataplaneKind,
+    ) -> Result<EnforcedLab> {
+        let (kind, _) = dataplane::choose(kind)?;
+        EnforcedLab::up_planned(name, plan, attach)?.with_dataplane(kind)
+    }
+
+    /// The index of the lab node called `name` in `spec.nodeName`.
+    fn node_index(&self, name: &str) -> Option<usize> {
+        (0..self.nodes).find(|&i| self.lab().node_name(i) == name)
     }
 
     /// Enforce with `kind` (`auto` resolved) from the next sync on; before the first sync.
@@ -150,7 +174,10 @@ impl EnforcedLab {
                 report.pods_removed += 1;
             }
         }
-        let names: Vec<ObjectName> = desired.pods.keys().cloned().collect();
+        // Pods asking for an address first: host-local then never hands that address to a
+        // pod that asks for none.
+        let mut names: Vec<ObjectName> = desired.pods.keys().cloned().collect();
+        names.sort_by_key(|n| desired.pods[n].ips.first().is_none_or(|ip| !ip.is_ipv4()));
         for name in names {
             let pod = desired.pods.get_mut(&name).expect("listed");
             if pod.host_network {
@@ -159,12 +186,33 @@ impl EnforcedLab {
             let info = match self.lab().pod(&name.namespace, &name.name) {
                 Some(info) => info.clone(),
                 None => {
-                    let node = match pod.node.as_deref().and_then(node_index) {
-                        Some(i) if i < self.nodes => i,
-                        Some(i) => bail!(
-                            "{name} is pinned to node-{i}, but the lab has {} nodes",
-                            self.nodes
-                        ),
+                    let requested = match pod.ips.first() {
+                        Some(IpAddr::V4(ip)) => Some(*ip),
+                        _ => None,
+                    };
+                    let node = match pod.node.as_deref() {
+                        Some(n) => match self.node_index(n) {
+                            Some(i) => i,
+                            None => match node_index(n) {
+                                Some(i) => bail!(
+                                    "{name} is pinned to node-{i}, but the lab has {} nodes",
+                                    self.nodes
+                                ),
+                                None => bail!(
+                                    "{name}: spec.nodeName {n} is not a node of this lab (its nodes come from the manifests the lab was made for)"
+                                ),
+                            },
+                        },
+                        // An address but no node: the node whose subnet holds the address.
+                        None if requested.is_some_and(|ip| {
+                            (0..self.nodes).any(|i| self.lab().node_cidr(i).contains(&ip))
+                        }) =>
+                        {
+                            let ip = requested.expect("checked");
+                            (0..self.nodes)
+                                .find(|&i| self.lab().node_cidr(i).contains(&ip))
+                                .expect("checked")
+                        }
                         None => {
                             let i = self.next_node % self.nodes;
                             self.next_node += 1;
@@ -176,8 +224,8 @@ impl EnforcedLab {
                     ports.sort();
                     ports.dedup();
                     let mut spec = PodSpec::new(&name.namespace, &name.name, node, &ports);
-                    if let Some(IpAddr::V4(ip)) = pod.ips.first() {
-                        spec = spec.with_ip(*ip);
+                    if let Some(ip) = requested {
+                        spec = spec.with_ip(ip);
                     }
                     let info = self
                         .guard
@@ -187,7 +235,7 @@ impl EnforcedLab {
                     info
                 }
             };
-            pod.node = Some(node_name(info.node));
+            pod.node = Some(self.lab().node_name(info.node));
             pod.ips = vec![IpAddr::V4(info.ip)];
         }
         // Servers answer for new pods before anyone probes them.
@@ -204,7 +252,13 @@ impl EnforcedLab {
                     Some(old) => dp.apply_delta(old, &rs),
                     None => dp.apply_full(&rs),
                 })
-                .with_context(|| format!("enforcing on {} with {}", node_name(node), self.kind))?;
+                .with_context(|| {
+                    format!(
+                        "enforcing on {} with {}",
+                        self.lab().node_name(node),
+                        self.kind
+                    )
+                })?;
             if report_one.full {
                 report.full_applies += 1;
             } else {
@@ -220,8 +274,7 @@ impl EnforcedLab {
         let node_ok = pod
             .node
             .as_deref()
-            .and_then(node_index)
-            .is_none_or(|i| i == node);
+            .is_none_or(|n| self.node_index(n) == Some(node));
         let ip_ok = match pod.ips.first() {
             Some(IpAddr::V4(want)) => *want == ip,
             _ => true,
@@ -247,7 +300,7 @@ impl EnforcedLab {
             .collect();
         compile(&CompileInput {
             cluster,
-            node: &node_name(node),
+            node: &self.lab().node_name(node),
             attach: self.lab().attach(),
             attachments: &attachments,
         })

@@ -19,6 +19,7 @@ pub mod cni;
 pub mod enforce;
 pub mod netns;
 pub mod overlay;
+pub mod plan;
 pub mod probe;
 pub mod serve;
 pub mod service;
@@ -107,6 +108,9 @@ pub struct PodInfo {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
     pub index: usize,
+    /// The node name pods use in `spec.nodeName` (empty in older state files: `node-<index>`).
+    #[serde(default)]
+    pub name: String,
     pub netns: String,
     pub cidr: Ipv4Net,
     /// Pod default gateway (cni0 or every ptp host veth).
@@ -258,8 +262,15 @@ impl Lab {
     /// Build the lab: underlay, nodes, overlay, pods (via CNI), services; write the state file.
     /// On error everything created so far is removed.
     pub fn up(spec: &LabSpec) -> Result<Lab> {
+        let plan: Vec<plan::NodePlan> = (0..spec.nodes).map(plan::default_node).collect();
+        Lab::up_planned(spec, &plan)
+    }
+
+    /// Like [`Lab::up`] with the nodes' names and pod subnets given (see [`plan::plan_nodes`]);
+    /// `spec.nodes` is ignored.
+    pub fn up_planned(spec: &LabSpec, plan: &[plan::NodePlan]) -> Result<Lab> {
         validate_name(&spec.name)?;
-        if spec.nodes == 0 || spec.nodes > overlay::MAX_NODES {
+        if plan.is_empty() || plan.len() > overlay::MAX_NODES {
             bail!("nodes must be 1..={}", overlay::MAX_NODES);
         }
         if exists(&spec.name) {
@@ -268,14 +279,17 @@ impl Lab {
                 spec.name
             );
         }
-        let nodes = (0..spec.nodes)
-            .map(|i| NodeInfo {
+        let nodes = plan
+            .iter()
+            .enumerate()
+            .map(|(i, n)| NodeInfo {
                 index: i,
+                name: n.name.clone(),
                 netns: format!("{NETNS_PREFIX}{}-n{i}", spec.name),
-                cidr: overlay::node_cidr(i),
-                gateway: overlay::node_gateway(i),
+                cidr: n.cidr,
+                gateway: Ipv4Addr::from(u32::from(n.cidr.network()) + 1),
                 underlay_ip: overlay::node_underlay_ip(i),
-                vxlan_ip: overlay::node_vxlan_ip(i),
+                vxlan_ip: n.cidr.network(),
                 vxlan_mac: overlay::node_vxlan_mac(i),
             })
             .collect();
@@ -410,6 +424,15 @@ impl Lab {
     }
     pub fn node_cidr(&self, node: usize) -> Ipv4Net {
         self.nodes[node].cidr
+    }
+    /// The name pods use for lab node `node` in `spec.nodeName`.
+    pub fn node_name(&self, node: usize) -> String {
+        let n = &self.nodes[node];
+        if n.name.is_empty() {
+            format!("node-{node}")
+        } else {
+            n.name.clone()
+        }
     }
     pub fn state_dir(&self) -> PathBuf {
         state_dir(&self.name)
@@ -804,6 +827,9 @@ impl LabGuard {
     }
     pub fn up(spec: &LabSpec) -> Result<LabGuard> {
         Ok(LabGuard::new(Lab::up(spec)?))
+    }
+    pub fn up_planned(spec: &LabSpec, plan: &[plan::NodePlan]) -> Result<LabGuard> {
+        Ok(LabGuard::new(Lab::up_planned(spec, plan)?))
     }
     /// Serve all pods (now and later) in this process until the guard is dropped.
     pub fn serve(&mut self) -> Result<()> {

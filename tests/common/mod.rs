@@ -2,6 +2,8 @@
 //! a test fails, and cluster snapshots from fixture files.
 #![allow(dead_code)]
 
+pub mod spoof;
+
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
