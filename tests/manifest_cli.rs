@@ -537,3 +537,59 @@ fn via_apiserver_without_a_built_api_server_stops_once() {
     assert_eq!(err.matches("scripts/build-apiserver").count(), 1, "{err}");
     assert!(out.stdout.is_empty(), "no case ran: {}", text(&out.stdout));
 }
+
+const POD_B: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: x, labels: {app: b}}\nspec: {nodeName: node-0, containers: [{name: c, ports: [{containerPort: 80}]}]}\nstatus: {podIP: 10.244.0.3}\n";
+
+/// Class 9 of issue 17: a pod an invalid policy may select fails closed in the dataplane,
+/// so explain and matrix deny its flows and say why (the kernel side is in nft_kernel).
+#[test]
+fn explain_and_matrix_deny_pods_of_an_invalid_policy() {
+    let dir = TempDir::new("invalid");
+    let bad = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: a}}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]\n";
+    let f = dir.file("all.yaml", &format!("{POD_A}---\n{POD_B}---\n{bad}"));
+    let explain = |from: &str, to: &str| {
+        sluice(&[
+            "explain", "-m", &f, "--from", from, "--to", to, "--port", "80",
+        ])
+    };
+    for (from, to, side) in [
+        ("x/b", "x/a", "ingress (x/a)"),
+        ("x/a", "x/b", "egress  (x/a)"),
+    ] {
+        let out = explain(from, to);
+        let v = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{from} -> {to}: {v}");
+        assert!(v.starts_with("DENIED"), "{v}");
+        let line = v
+            .lines()
+            .find(|l| l.contains(side))
+            .unwrap_or_else(|| panic!("{v}"));
+        for want in [
+            "x/a fails closed: policy x/bad is invalid (field spec.ingress[0].from[0].ipBlock.cidr",
+            "so pods it may select fail closed",
+        ] {
+            assert!(line.contains(want), "{want:?} not in {line:?}");
+        }
+    }
+    // Loopback is never filtered, and x/b alone is not selected by anything.
+    assert_eq!(explain("x/a", "x/a").status.code(), Some(0));
+    let out = sluice(&["matrix", "-m", &f, "--output", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let cells: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let cell = |from: &str, to: &str| {
+        cells
+            .iter()
+            .find(|c| c["from"] == from && c["to"] == to)
+            .unwrap()["allowed"]
+            .as_bool()
+            .unwrap()
+    };
+    assert!(!cell("x/b", "x/a") && !cell("x/a", "x/b"));
+    assert!(cell("x/a", "x/a") && cell("x/b", "x/b"));
+    assert!(
+        text(&out.stderr)
+            .contains("x/a is denied everything (X) except itself: policy x/bad is invalid"),
+        "{}",
+        text(&out.stderr)
+    );
+}
