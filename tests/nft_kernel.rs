@@ -394,6 +394,32 @@ fn status_sees_edits_that_keep_every_count() {
         dp.apply_full(&rs).unwrap();
         assert!(dp.status(&rs).unwrap().in_sync, "{what}");
     }
+    // A flushed table differs everywhere: the text shows the first 20 and counts the rest.
+    let ns = common::Netns::new("stedit-flush");
+    let mut dp = NftDataplane::new(Nft::in_netns(&ns.name));
+    let rs = ruleset(&common::fixture("dataplane/cluster.yaml"), Attach::Routed);
+    dp.apply_full(&rs).unwrap();
+    dp.nft.apply_text("flush table inet sluice\n").unwrap();
+    let all = dp.status(&rs).unwrap().differences.len();
+    assert!(all > 20, "{all}");
+    let (code, out) = cli_status(&ns.name);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.starts_with(&format!("drift: {all} differences")),
+        "{out}"
+    );
+    let shown = out
+        .lines()
+        .filter(|l| l.starts_with("  ") && !l.starts_with("  ..."))
+        .count();
+    assert_eq!(shown, 20, "{out}");
+    assert!(
+        out.contains(&format!(
+            "... and {} more (--output json lists them all)",
+            all - 20
+        )),
+        "{out}"
+    );
 }
 
 /// Class 9 of issue 17: an invalid policy that may select a pod fails that pod closed in the

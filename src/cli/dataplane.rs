@@ -196,9 +196,17 @@ pub fn status_cmd(args: ApplyArgs) -> anyhow::Result<i32> {
                     status.wanted.sets.len()
                 );
             } else {
+                // A flushed table differs in every chain: the first lines say enough.
+                const SHOWN: usize = 20;
                 println!("drift: {} differences", status.differences.len());
-                for d in &status.differences {
+                for d in status.differences.iter().take(SHOWN) {
                     println!("  {d}");
+                }
+                if status.differences.len() > SHOWN {
+                    println!(
+                        "  ... and {} more (--output json lists them all)",
+                        status.differences.len() - SHOWN
+                    );
                 }
             }
         }
