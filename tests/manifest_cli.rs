@@ -712,6 +712,16 @@ fn explain_and_matrix_deny_pods_of_an_invalid_policy() {
     }
     // Loopback is never filtered, and x/b alone is not selected by anything.
     assert_eq!(explain("x/a", "x/a").status.code(), Some(0));
+    // No policy edit can open a pod that fails closed: --fix says what to correct instead.
+    let out = sluice(&[
+        "explain", "-m", &f, "--from", "x/b", "--to", "x/a", "--port", "80", "--fix",
+    ]);
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        all.contains("no policy edit can allow it: x/a fails closed: policy x/bad is invalid")
+            && all.contains("correct the field named first"),
+        "{all}"
+    );
     let out = sluice(&["matrix", "-m", &f, "--output", "json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let cells: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
