@@ -84,6 +84,16 @@ pub fn run(args: MatrixArgs) -> anyhow::Result<i32> {
         .into());
     }
     let m = compute(&cluster, &cols);
+    // Denials no policy rule explains: the dataplane fails these pods closed.
+    for p in cluster.pods.values() {
+        if let Some(fc) = cluster.fails_closed(p) {
+            eprintln!(
+                "sluice: warning: {} is denied everything (X) except itself: {}",
+                p.object_name(),
+                fc.reason
+            );
+        }
+    }
     let out = match args.output {
         MatrixFormat::Text => render_text(&m),
         MatrixFormat::Json => {

@@ -74,15 +74,12 @@ pub fn compile(input: &CompileInput) -> NodeRuleset {
             .iface
             .clone()
             .unwrap_or_else(|| names::default_iface(&pod.namespace, &pod.name));
-        let invalid = cluster.invalid_policies_for(pod);
+        let fails_closed = cluster.fails_closed(pod);
         let mut iso = Vec::new();
         for dir in [Direction::Ingress, Direction::Egress] {
             let chain = names::pod_chain(&pod.namespace, &pod.name, dir_name(dir));
-            let isolation = if !invalid.is_empty() {
-                let reason = format!(
-                    "{name} may be selected by invalid policies {}: failing closed until they are fixed",
-                    invalid.join(", ")
-                );
+            let isolation = if let Some(fc) = &fails_closed {
+                let reason = format!("{name} fails closed: {}", fc.reason);
                 warnings.push(format!("{reason} ({dir})"));
                 inet.chains.insert(
                     chain.clone(),

@@ -275,6 +275,18 @@ fn side(
         }
         Some(p) => p,
     };
+    // The same rule the compiler follows, so explain says what the kernel does.
+    if let Some(fc) = cluster.fails_closed(pod) {
+        return SideVerdict {
+            pod: Some(pod.object_name().to_string()),
+            allowed: false,
+            isolated: true,
+            isolated_by: fc.policies,
+            allowed_by: None,
+            denials: vec![],
+            reason: format!("{} fails closed: {}", pod.object_name(), fc.reason),
+        };
+    }
     let policies = cluster.isolating(pod, dir);
     let isolated_by: Vec<String> = policies
         .iter()
