@@ -84,6 +84,10 @@ pub struct Matrix {
     egress: Vec<Vec<Vec<Option<Bits>>>>,
     ingress: Vec<Vec<Vec<Option<Bits>>>>,
     pub group_count: usize,
+    /// Per pod: the ClusterNetworkPolicies selecting it. The dataplanes do not enforce CNPs
+    /// yet, so such a pod fails closed in the kernel and every cell from or to it (but
+    /// loopback) is denied, as in [`super::evaluate`].
+    pub failed_closed: Vec<Vec<String>>,
 }
 
 impl Matrix {
@@ -97,6 +101,9 @@ impl Matrix {
     pub fn allowed(&self, from: usize, to: usize, col: usize) -> bool {
         if from == to {
             return true; // loopback is never filtered
+        }
+        if !self.failed_closed[from].is_empty() || !self.failed_closed[to].is_empty() {
+            return false;
         }
         let (s, d) = (self.group_of[from], self.group_of[to]);
         let fam = self.pair_family[self.class_of[s] as usize][self.class_of[d] as usize];
@@ -190,6 +197,10 @@ pub fn compute(cluster: &Cluster, columns: &[PortProto]) -> Matrix {
         egress,
         ingress,
         group_count: n,
+        failed_closed: pods
+            .iter()
+            .map(|p| cluster.cnp_fail_closed_for(p))
+            .collect(),
     }
 }
 
