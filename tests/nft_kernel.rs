@@ -273,3 +273,67 @@ fn nft_stops_spoofed_sources_bridged() {
         sluice::dataplane::DataplaneKind::Nftables,
     );
 }
+
+/// Until the dataplanes enforce ClusterNetworkPolicy, a pod a CNP selects fails closed in the
+/// kernel (both directions) and pods no CNP selects are untouched; explain says the same.
+#[test]
+fn a_cnp_subject_fails_closed_in_the_kernel_and_other_pods_do_not() {
+    use sluice::lab::enforce::EnforcedLab;
+    use sluice::policy::{evaluate, Endpoint, Flow, PortRef, Protocol};
+    let text = r#"
+{kind: Namespace, apiVersion: v1, metadata: {name: x}}
+---
+{kind: Namespace, apiVersion: v1, metadata: {name: y, labels: {tenant: "1"}}}
+---
+{kind: Pod, apiVersion: v1, metadata: {name: a, namespace: x}, spec: {nodeName: node-0, containers: [{name: c, ports: [{containerPort: 80}]}]}}
+---
+{kind: Pod, apiVersion: v1, metadata: {name: b, namespace: x}, spec: {nodeName: node-0, containers: [{name: c, ports: [{containerPort: 80}]}]}}
+---
+{kind: Pod, apiVersion: v1, metadata: {name: a, namespace: y}, spec: {nodeName: node-0, containers: [{name: c, ports: [{containerPort: 80}]}]}}
+---
+apiVersion: policy.networking.k8s.io/v1beta1
+kind: ClusterNetworkPolicy
+metadata: {name: tenants}
+spec:
+  tier: Admin
+  priority: 10
+  subject: {namespaces: {matchLabels: {tenant: "1"}}}
+  ingress: [{name: all, action: Accept, from: [{namespaces: {}}]}]
+"#;
+    let mut cluster = common::cluster_from(text);
+    let name = format!("cnp{}", std::process::id() % 1_000_000);
+    let mut lab = EnforcedLab::up(&name, 1, Attach::Routed).unwrap();
+    lab.sync(&mut cluster).unwrap();
+    let rs = lab.ruleset(&cluster, 0);
+    assert!(
+        rs.warnings
+            .iter()
+            .any(|w| w.contains("y/a") && w.contains("cnp/tenants")),
+        "{:?}",
+        rs.warnings
+    );
+    for (from, to, expected) in [
+        ("x/a", "x/b", true),
+        ("x/b", "x/a", true),
+        ("x/a", "y/a", false),
+        ("y/a", "x/b", false),
+    ] {
+        let (f, t) = (ObjectName::parse(from), ObjectName::parse(to));
+        let verdict = evaluate(
+            &cluster,
+            &Flow {
+                from: Endpoint::Pod(f.clone()),
+                to: Endpoint::Pod(t.clone()),
+                port: PortRef::Number(80),
+                protocol: Protocol::Tcp,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            verdict.allowed, expected,
+            "explain {from} -> {to}: {verdict}"
+        );
+        let r = lab.probe(&f, &t, false, 80, Protocol::Tcp, expected);
+        assert_eq!(r.is_connected(), expected, "kernel {from} -> {to}: {r:?}");
+    }
+}

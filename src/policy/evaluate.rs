@@ -318,7 +318,7 @@ fn side(
             ));
             passed.push(d);
         }
-        None => steps.push(no_match("Admin", admin.considered)),
+        None => steps.push(no_match("Admin", dir, admin.considered)),
     }
     // NetworkPolicy tier: decides only when the pod is isolated in this direction.
     let verdict = verdict.unwrap_or_else(|| {
@@ -348,7 +348,7 @@ fn side(
                     ));
                     passed.push(d);
                 } else {
-                    steps.push(no_match("Baseline", baseline.considered));
+                    steps.push(no_match("Baseline", dir, baseline.considered));
                 }
                 SideVerdict {
                     tier: Some("Default".into()),
@@ -385,11 +385,11 @@ fn rule_label(index: usize, name: Option<&str>) -> String {
     }
 }
 
-fn no_match(tier: &str, considered: usize) -> String {
-    if considered == 0 {
-        format!("{tier}: no policy of this tier selects the pod")
-    } else {
-        format!("{tier}: no rule of {considered} selecting policies matches")
+fn no_match(tier: &str, dir: Direction, considered: usize) -> String {
+    match considered {
+        0 => format!("{tier}: no {tier} policy with {dir} rules selects the pod"),
+        1 => format!("{tier}: no rule of the 1 selecting {tier} policy matches"),
+        n => format!("{tier}: no rule of the {n} selecting {tier} policies matches"),
     }
 }
 
