@@ -663,3 +663,92 @@ fn cnp_errors_name_the_field_and_strict_refuses() {
     let out = sluice(&["matrix", "-m", &f, "--ports", "80", "--strict"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The worked example of docs/policy.md: the API's verdicts, written by hand from the
+/// guardrails' comments, and every tenant pod failed closed by the kernel.
+#[test]
+fn the_cnp_example_explains_as_documented() {
+    let dir = format!("{}/examples/cnp", env!("CARGO_MANIFEST_DIR"));
+    let side = |from: &str, to: &str, port: &str, dir_: &str| -> serde_json::Value {
+        let out = sluice(&[
+            "explain", "-m", &dir, "--from", from, "--to", to, "--port", port, "--output", "json",
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", text(&out.stderr)));
+        v[dir_].clone()
+    };
+    // (from, to, port, direction, API verdict, deciding tier, deciding policy)
+    for (from, to, port, d, api, tier, policy) in [
+        (
+            "monitoring/prometheus",
+            "tenant-a/web",
+            "9090",
+            "ingress",
+            true,
+            "Admin",
+            Some("cnp/allow-monitoring"),
+        ),
+        (
+            "monitoring/prometheus",
+            "tenant-a/web",
+            "8080",
+            "ingress",
+            false,
+            "Baseline",
+            Some("cnp/tenant-default-deny"),
+        ),
+        (
+            "tenant-a/web",
+            "tenant-a/db",
+            "5432",
+            "ingress",
+            true,
+            "NetworkPolicy",
+            None,
+        ),
+        (
+            "tenant-b/web",
+            "tenant-a/web",
+            "8080",
+            "ingress",
+            false,
+            "Admin",
+            Some("cnp/isolate-tenant-a"),
+        ),
+        (
+            "tenant-a/web",
+            "169.254.169.254",
+            "80",
+            "egress",
+            false,
+            "Admin",
+            Some("cnp/tenant-guardrails"),
+        ),
+        (
+            "tenant-a/web",
+            "kube-system/coredns",
+            "53",
+            "egress",
+            true,
+            "Default",
+            None,
+        ),
+    ] {
+        let s = side(from, to, port, d);
+        let what = format!("{from} -> {to}:{port} {d}: {s:#}");
+        assert_eq!(s["apiAllowed"], api, "{what}");
+        assert_eq!(
+            s["allowed"], false,
+            "the kernel fails tenants closed: {what}"
+        );
+        assert_eq!(s["tier"], tier, "{what}");
+        match policy {
+            Some(p) => assert_eq!(s["decision"]["policy"], p, "{what}"),
+            None => assert!(s.get("decision").is_none(), "{what}"),
+        }
+    }
+    // CoreDNS is no subject: its ingress is decided as before.
+    let s = side("tenant-a/web", "kube-system/coredns", "53", "ingress");
+    assert_eq!(s["allowed"], true);
+    assert!(s.get("failedClosedBy").is_none());
+}
