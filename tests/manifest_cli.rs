@@ -747,6 +747,26 @@ fn the_cnp_example_explains_as_documented() {
             None => assert!(s.get("decision").is_none(), "{what}"),
         }
     }
+    // compile: the tenant pods of node-0 fail closed with a warning naming the CNPs; CoreDNS,
+    // on the same node and selected by none, does not.
+    let out = sluice(&["compile", "-m", &dir, "--node", "node-0"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let nft = text(&out.stdout);
+    for pod in ["tenant-a/web", "tenant-a/db"] {
+        assert!(
+            nft.contains(&format!(
+                "{pod}: ClusterNetworkPolicy not enforced, fail closed"
+            )),
+            "{nft}"
+        );
+    }
+    assert!(!nft.contains("coredns: ClusterNetworkPolicy"), "{nft}");
+    assert!(
+        text(&out.stderr)
+            .contains("tenant-a/web is selected by cnp/allow-monitoring, cnp/isolate-tenant-a"),
+        "{}",
+        text(&out.stderr)
+    );
     // CoreDNS is no subject: its ingress is decided as before.
     let s = side("tenant-a/web", "kube-system/coredns", "53", "ingress");
     assert_eq!(s["allowed"], true);

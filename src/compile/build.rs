@@ -84,7 +84,7 @@ pub fn compile(input: &CompileInput) -> NodeRuleset {
             let isolation = if !invalid.is_empty() || !cnps.is_empty() {
                 let reason = if invalid.is_empty() {
                     format!(
-                        "{name} is selected by ClusterNetworkPolicy {}, which the dataplane does not enforce yet: failing closed (all its traffic is dropped) until it does",
+                        "{name} is selected by {} (ClusterNetworkPolicy), which the dataplane does not enforce yet: failing closed (all its traffic is dropped) until it does",
                         cnps.join(", ")
                     )
                 } else {
