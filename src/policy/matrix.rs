@@ -519,8 +519,15 @@ mod tests {
             prop::collection::vec(rule.clone(), 0..3),
             prop::collection::vec(rule, 0..3),
         );
-        (prop::collection::vec(pod, 1..7), prop::collection::vec(policy, 0..4), any::<bool>()).prop_map(
-            |(pods, policies, team)| {
+        // A ClusterNetworkPolicy subject (or none): its pods fail closed in the kernel, and
+        // the table must say so exactly as the oracle does.
+        let cnp_subject = prop::sample::select(vec![
+            "",
+            "{pods: {podSelector: {matchLabels: {app: a}}}}",
+            "{namespaces: {matchLabels: {team: t}}}",
+        ]);
+        (prop::collection::vec(pod, 1..7), prop::collection::vec(policy, 0..4), any::<bool>(), cnp_subject).prop_map(
+            |(pods, policies, team, subject)| {
                 let mut s = String::new();
                 s += &format!(
                     "---\nkind: Namespace\napiVersion: v1\nmetadata: {{name: y, labels: {{team: {}}}}}\n",
@@ -544,6 +551,11 @@ mod tests {
                         "---\nkind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {{name: n{i}, namespace: {ns}}}\nspec: {{podSelector: {sel}, {types} ingress: {}, egress: {}}}\n",
                         rules(ing, "from"),
                         rules(eg, "to")
+                    );
+                }
+                if !subject.is_empty() {
+                    s += &format!(
+                        "---\nkind: ClusterNetworkPolicy\napiVersion: policy.networking.k8s.io/v1beta1\nmetadata: {{name: c}}\nspec: {{tier: Admin, priority: 1, subject: {subject}, ingress: [{{action: Accept, from: [{{namespaces: {{}}}}]}}]}}\n"
                     );
                 }
                 s
