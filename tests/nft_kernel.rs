@@ -280,27 +280,7 @@ fn nft_stops_spoofed_sources_bridged() {
 fn a_cnp_subject_fails_closed_in_the_kernel_and_other_pods_do_not() {
     use sluice::lab::enforce::EnforcedLab;
     use sluice::policy::{evaluate, Endpoint, Flow, PortRef, Protocol};
-    let text = r#"
-{kind: Namespace, apiVersion: v1, metadata: {name: x}}
----
-{kind: Namespace, apiVersion: v1, metadata: {name: y, labels: {tenant: "1"}}}
----
-{kind: Pod, apiVersion: v1, metadata: {name: a, namespace: x}, spec: {nodeName: node-0, containers: [{name: c, ports: [{containerPort: 80}]}]}}
----
-{kind: Pod, apiVersion: v1, metadata: {name: b, namespace: x}, spec: {nodeName: node-0, containers: [{name: c, ports: [{containerPort: 80}]}]}}
----
-{kind: Pod, apiVersion: v1, metadata: {name: a, namespace: y}, spec: {nodeName: node-0, containers: [{name: c, ports: [{containerPort: 80}]}]}}
----
-apiVersion: policy.networking.k8s.io/v1beta1
-kind: ClusterNetworkPolicy
-metadata: {name: tenants}
-spec:
-  tier: Admin
-  priority: 10
-  subject: {namespaces: {matchLabels: {tenant: "1"}}}
-  ingress: [{name: all, action: Accept, from: [{namespaces: {}}]}]
-"#;
-    let mut cluster = common::cluster_from(text);
+    let mut cluster = common::fixture("cnp/kernel.yaml");
     let name = format!("cnp{}", std::process::id() % 1_000_000);
     let mut lab = EnforcedLab::up(&name, 1, Attach::Routed).unwrap();
     lab.sync(&mut cluster).unwrap();
