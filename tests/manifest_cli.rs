@@ -538,6 +538,211 @@ fn via_apiserver_without_a_built_api_server_stops_once() {
     assert!(out.stdout.is_empty(), "no case ran: {}", text(&out.stdout));
 }
 
+const POD_B: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: x, labels: {app: b}}\nspec: {nodeName: node-0, containers: [{name: c, ports: [{containerPort: 80}]}]}\nstatus: {podIP: 10.244.0.3}\n";
+const POD_C_ELSEWHERE: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: c, namespace: x, labels: {app: c}}\nspec: {nodeName: node-1, containers: [{name: c, ports: [{containerPort: 80}]}]}\nstatus: {podIP: 10.244.1.2}\n";
+
+/// Class 8 of issue 17: `--iface`/`--mac` values the kernel would refuse, or that name no pod
+/// of the node, or give one interface to two pods, are bad input (exit 2) naming the flag and
+/// value, for compile, apply and status alike; valid ones still compile.
+#[test]
+fn iface_and_mac_flags_are_validated() {
+    let dir = TempDir::new("iface");
+    let f = dir.file(
+        "all.yaml",
+        &format!("{POD_A}---\n{POD_B}---\n{POD_C_ELSEWHERE}---\n{DENY}"),
+    );
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--iface", "x/a=veth0", "--iface", "x/b=veth0"],
+            "--iface \"x/b=veth0\": veth0 is already given to pod x/a",
+        ),
+        (
+            vec!["--iface", "x/a=veth0", "--iface", "x/a=veth1"],
+            "--iface \"x/a=veth1\": pod x/a is already given veth0",
+        ),
+        (
+            vec!["--mac", "x/a=zz:11:22:33:44:55"],
+            "--mac \"x/a=zz:11:22:33:44:55\": a MAC address is six pairs of hex digits",
+        ),
+        (
+            vec!["--mac", "x/a=11:22:33:44:55"],
+            "--mac \"x/a=11:22:33:44:55\"",
+        ),
+        (
+            vec!["--iface", "x/a=my veth"],
+            "--iface \"x/a=my veth\": interface names cannot contain ' '",
+        ),
+        (
+            vec!["--iface", "x/a=a/b"],
+            "--iface \"x/a=a/b\": interface names cannot contain '/'",
+        ),
+        (
+            vec!["--iface", "x/a=abcdefghijklmnop"],
+            "--iface \"x/a=abcdefghijklmnop\": interface names are 1 to 15 bytes",
+        ),
+        (
+            vec!["--iface", "x/a=ééééééééé"],
+            "interface names are 1 to 15 bytes (Linux IFNAMSIZ), this one is 18",
+        ),
+        (vec!["--iface", "x/a="], "interface names are 1 to 15 bytes"),
+        (
+            vec!["--iface", "x/nope=veth0"],
+            "--iface \"x/nope=veth0\": the manifests have no pod x/nope",
+        ),
+        (
+            vec!["--mac", "x/c=aa:bb:cc:dd:ee:ff"],
+            "--mac \"x/c=aa:bb:cc:dd:ee:ff\": pod x/c is not on node node-0",
+        ),
+        (
+            vec!["--iface", "veth0"],
+            "--iface \"veth0\": write namespace/pod=IFNAME",
+        ),
+    ];
+    // apply and status run in a throwaway namespace, should one get past the checks.
+    let ns = common::Netns::new("ifflags");
+    for (flags, want) in &cases {
+        for cmd in ["compile", "apply", "status"] {
+            let mut args = vec!["netns", "exec", &ns.name, BIN, cmd];
+            args.extend(["-m", &f, "--node", "node-0", "--attach", "bridged"]);
+            args.extend(flags.iter().copied());
+            let out = Command::new("ip").args(&args).output().unwrap();
+            let err = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{cmd} {flags:?}: {err}");
+            assert!(err.contains(want), "{cmd} {flags:?}: {want:?} not in {err}");
+            assert!(out.stdout.is_empty(), "{cmd} {flags:?}");
+        }
+    }
+    let out = sluice(&[
+        "compile",
+        "-m",
+        &f,
+        "--node",
+        "node-0",
+        "--attach",
+        "bridged",
+        "--iface",
+        "x/a=veth0",
+        "--iface",
+        "x/b=veth1",
+        "--mac",
+        "x/a=AA:bb:cc:dd:ee:0f",
+    ]);
+    let nft = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for want in ["\"veth0\"", "\"veth1\"", "aa:bb:cc:dd:ee:0f"] {
+        assert!(nft.contains(want), "{want} not in {nft}");
+    }
+}
+
+/// Class 8: apply and status warn when an interface the ruleset keys on does not exist in
+/// the target namespace (default names on a node whose veths are named otherwise), and stay
+/// quiet when `--iface` names the real ones.
+#[test]
+fn apply_warns_about_interfaces_that_do_not_exist() {
+    let dir = TempDir::new("ifwarn");
+    let f = dir.file("all.yaml", &format!("{POD_A}---\n{POD_B}---\n{DENY}"));
+    let ns = common::Netns::new("ifwarn");
+    let run = |args: &[&str]| {
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "ip", "link", "add", "vpa", "type", "veth", "peer", "name", "vpb",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for cmd in ["apply", "status"] {
+        let out = run(&[BIN, cmd, "-m", &f, "--node", "node-0"]);
+        let err = text(&out.stderr);
+        assert_ne!(out.status.code(), Some(2), "{cmd}: {err}");
+        for want in [
+            "2 of 2 interfaces the ruleset keys on do not exist in this network namespace",
+            "(pod x/a)",
+            "(pod x/b)",
+            "--iface namespace/pod=IFNAME",
+        ] {
+            assert!(err.contains(want), "{cmd}: {want:?} not in {err}");
+        }
+        let out = run(&[
+            BIN, cmd, "-m", &f, "--node", "node-0", "--iface", "x/a=vpa", "--iface", "x/b=vpb",
+        ]);
+        let err = text(&out.stderr);
+        assert!(!err.contains("do not exist"), "{cmd}: {err}");
+        let out = run(&[BIN, cmd, "-m", &f, "--node", "node-0", "--iface", "x/a=vpa"]);
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("1 of 2 interfaces") && err.contains("(pod x/b)") && !err.contains("vpa"),
+            "{cmd}: {err}"
+        );
+    }
+}
+
+/// Class 9 of issue 17: a pod an invalid policy may select fails closed in the dataplane,
+/// so explain and matrix deny its flows and say why (the kernel side is in nft_kernel).
+#[test]
+fn explain_and_matrix_deny_pods_of_an_invalid_policy() {
+    let dir = TempDir::new("invalid");
+    let bad = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: a}}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]\n";
+    let f = dir.file("all.yaml", &format!("{POD_A}---\n{POD_B}---\n{bad}"));
+    let explain = |from: &str, to: &str| {
+        sluice(&[
+            "explain", "-m", &f, "--from", from, "--to", to, "--port", "80",
+        ])
+    };
+    for (from, to, side) in [
+        ("x/b", "x/a", "ingress (x/a)"),
+        ("x/a", "x/b", "egress  (x/a)"),
+    ] {
+        let out = explain(from, to);
+        let v = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{from} -> {to}: {v}");
+        assert!(v.starts_with("DENIED"), "{v}");
+        let line = v
+            .lines()
+            .find(|l| l.contains(side))
+            .unwrap_or_else(|| panic!("{v}"));
+        for want in [
+            "x/a fails closed: policy x/bad is invalid (field spec.ingress[0].from[0].ipBlock.cidr",
+            "so pods it may select fail closed",
+        ] {
+            assert!(line.contains(want), "{want:?} not in {line:?}");
+        }
+    }
+    // Loopback is never filtered, and x/b alone is not selected by anything.
+    assert_eq!(explain("x/a", "x/a").status.code(), Some(0));
+    // No policy edit can open a pod that fails closed: --fix says what to correct instead.
+    let out = sluice(&[
+        "explain", "-m", &f, "--from", "x/b", "--to", "x/a", "--port", "80", "--fix",
+    ]);
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        all.contains("no policy edit can allow it: x/a fails closed: policy x/bad is invalid")
+            && all.contains("correct the field named first"),
+        "{all}"
+    );
+    let out = sluice(&["matrix", "-m", &f, "--output", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let cells: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let cell = |from: &str, to: &str| {
+        cells
+            .iter()
+            .find(|c| c["from"] == from && c["to"] == to)
+            .unwrap()["allowed"]
+            .as_bool()
+            .unwrap()
+    };
+    assert!(!cell("x/b", "x/a") && !cell("x/a", "x/b"));
+    assert!(cell("x/a", "x/a") && cell("x/b", "x/b"));
+    assert!(
+        text(&out.stderr)
+            .contains("x/a is denied everything (X) except itself: policy x/bad is invalid"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 const CNP_WORLD: &str = r#"
 {kind: Namespace, apiVersion: v1, metadata: {name: x}}
 ---
@@ -608,7 +813,9 @@ fn explain_and_matrix_report_cnp_tiers_and_the_kernel_verdict() {
     let out = sluice(&["matrix", "-m", &f, "--ports", "80", "--output", "json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stderr).contains("y/a is selected by cnp/guard"),
+        text(&out.stderr).contains(
+            "y/a is denied everything (X) except itself: it is selected by cnp/guard (ClusterNetworkPolicy)"
+        ),
         "{}",
         text(&out.stderr)
     );
@@ -763,7 +970,7 @@ fn the_cnp_example_explains_as_documented() {
     assert!(!nft.contains("coredns: ClusterNetworkPolicy"), "{nft}");
     assert!(
         text(&out.stderr)
-            .contains("tenant-a/web is selected by cnp/allow-monitoring, cnp/isolate-tenant-a"),
+            .contains("tenant-a/web fails closed: it is selected by cnp/allow-monitoring, cnp/isolate-tenant-a"),
         "{}",
         text(&out.stderr)
     );

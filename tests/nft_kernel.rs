@@ -6,6 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
+use serde_json::json;
 use sluice::compile::{compile, Attach, Attachment, CompileInput, NodeRuleset};
 use sluice::dataplane::Dataplane;
 use sluice::nft::{installed, Nft, NftDataplane};
@@ -272,6 +273,260 @@ fn nft_stops_spoofed_sources_bridged() {
         Attach::Bridged,
         sluice::dataplane::DataplaneKind::Nftables,
     );
+}
+
+/// `sluice status` in `ns` for the fixture cluster on node-0: exit code and stdout.
+fn cli_status(ns: &str) -> (i32, String) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_sluice"), "status"])
+        .args([
+            "-m",
+            "tests/fixtures/dataplane/cluster.yaml",
+            "--node",
+            "node-0",
+        ])
+        .output()
+        .expect("ip netns exec sluice status");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    (
+        out.status.code().unwrap_or(-1),
+        format!("{stdout}\n--- stderr ---\n{stderr}"),
+    )
+}
+
+fn words(w: &[&str]) -> Vec<String> {
+    w.iter().map(|s| s.to_string()).collect()
+}
+
+/// The objects of our inet table as nft lists them (with handles).
+fn listed(nft: &Nft) -> Vec<serde_json::Value> {
+    nft.list_table("inet", "sluice").unwrap().unwrap()["nftables"]
+        .as_array()
+        .cloned()
+        .unwrap()
+}
+
+/// Class 6 of issue 17: `status` used to compare counts only, so an edit that keeps every
+/// count (a drop turned into an accept, a dispatch entry pointed at accept, a set element
+/// swapped, a base chain's policy changed) was "in sync". Each edit is made with `nft` in a
+/// fresh namespace after `sluice apply`; status must exit 1 and name what differs.
+#[test]
+fn status_sees_edits_that_keep_every_count() {
+    // Unedited: in sync, exit 0.
+    {
+        let ns = common::Netns::new("stedit-none");
+        let mut dp = NftDataplane::new(Nft::in_netns(&ns.name));
+        let rs = ruleset(&common::fixture("dataplane/cluster.yaml"), Attach::Routed);
+        dp.apply_full(&rs).unwrap();
+        let (code, out) = cli_status(&ns.name);
+        assert_eq!(code, 0, "{out}");
+        assert!(out.starts_with("in sync"), "{out}");
+    }
+    type Edit = fn(&Nft) -> (String, Vec<String>);
+    let edits: [(&str, Edit); 4] = [
+        ("drop replaced by accept", |nft| {
+            let rule = listed(nft)
+                .into_iter()
+                .filter_map(|o| o.get("rule").cloned())
+                .find(|r| {
+                    r["chain"].as_str().unwrap().starts_with("pod_")
+                        && r["expr"].as_array().unwrap().last() == Some(&json!({"drop": null}))
+                })
+                .expect("a pod chain ending in drop");
+            let chain = rule["chain"].as_str().unwrap().to_string();
+            nft.apply_text(&format!(
+                "replace rule inet sluice {chain} handle {} accept\n",
+                rule["handle"]
+            ))
+            .unwrap();
+            (chain, words(&["found", "accept", "wanted", "drop"]))
+        }),
+        ("dispatch entry pointed at accept", |nft| {
+            let map = listed(nft)
+                .into_iter()
+                .filter_map(|o| o.get("map").cloned())
+                .find(|m| m["elem"].as_array().is_some_and(|e| !e.is_empty()))
+                .expect("a dispatch map with entries");
+            let name = map["name"].as_str().unwrap().to_string();
+            let key = map["elem"][0][0].as_str().expect("ifname key").to_string();
+            nft.apply_text(&format!(
+                "delete element inet sluice {name} {{ \"{key}\" }}\nadd element inet sluice {name} {{ \"{key}\" : accept }}\n"
+            ))
+            .unwrap();
+            (name, vec![key, "accept".into(), "jump".into()])
+        }),
+        ("set element swapped", |nft| {
+            let set = listed(nft)
+                .into_iter()
+                .filter_map(|o| o.get("set").cloned())
+                .find(|s| {
+                    s["type"] == json!("ipv4_addr")
+                        && s["elem"]
+                            .as_array()
+                            .is_some_and(|e| e.first().is_some_and(|x| x.is_string()))
+                })
+                .expect("an IPv4 set with a plain address");
+            let name = set["name"].as_str().unwrap().to_string();
+            let old = set["elem"][0].as_str().unwrap().to_string();
+            nft.apply_text(&format!(
+                "delete element inet sluice {name} {{ {old} }}\nadd element inet sluice {name} {{ 10.99.99.99 }}\n"
+            ))
+            .unwrap();
+            (name, vec![old, "10.99.99.99".into()])
+        }),
+        ("base chain policy changed", |nft| {
+            let chain = listed(nft)
+                .into_iter()
+                .filter_map(|o| o.get("chain").cloned())
+                .find(|c| c["hook"].is_string() && c["policy"] == json!("accept"))
+                .expect("a base chain with policy accept");
+            let name = chain["name"].as_str().unwrap().to_string();
+            nft.apply_text(&format!(
+                "chain inet sluice {name} {{ type filter hook {} priority {}; policy drop; }}\n",
+                chain["hook"].as_str().unwrap(),
+                chain["prio"]
+            ))
+            .unwrap();
+            (name, words(&["policy", "drop", "accept"]))
+        }),
+    ];
+    for (what, edit) in edits {
+        let ns = common::Netns::new("stedit");
+        let mut dp = NftDataplane::new(Nft::in_netns(&ns.name));
+        let rs = ruleset(&common::fixture("dataplane/cluster.yaml"), Attach::Routed);
+        dp.apply_full(&rs).unwrap();
+        let before = installed::read(&dp.nft).unwrap().1;
+        let (object, words) = edit(&dp.nft);
+        // The edit keeps every count: the old comparison could not see it.
+        assert_eq!(installed::read(&dp.nft).unwrap().1, before, "{what}");
+        let (code, out) = cli_status(&ns.name);
+        assert_eq!(code, 1, "{what}: {out}");
+        let line = out
+            .lines()
+            .find(|l| l.contains(&format!("inet/{object}")))
+            .unwrap_or_else(|| panic!("{what}: no line names {object}: {out}"));
+        for w in words {
+            assert!(line.contains(&w), "{what}: {w:?} not in {line:?}\n{out}");
+        }
+        // The library's status agrees, and a full apply repairs it.
+        assert!(!dp.status(&rs).unwrap().in_sync, "{what}");
+        dp.apply_full(&rs).unwrap();
+        assert!(dp.status(&rs).unwrap().in_sync, "{what}");
+    }
+    // A flushed table differs everywhere: the text shows the first 20 and counts the rest.
+    let ns = common::Netns::new("stedit-flush");
+    let mut dp = NftDataplane::new(Nft::in_netns(&ns.name));
+    let rs = ruleset(&common::fixture("dataplane/cluster.yaml"), Attach::Routed);
+    dp.apply_full(&rs).unwrap();
+    dp.nft.apply_text("flush table inet sluice\n").unwrap();
+    let all = dp.status(&rs).unwrap().differences.len();
+    assert!(all > 20, "{all}");
+    let (code, out) = cli_status(&ns.name);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.starts_with(&format!("drift: {all} differences")),
+        "{out}"
+    );
+    let shown = out
+        .lines()
+        .filter(|l| l.starts_with("  ") && !l.starts_with("  ..."))
+        .count();
+    assert_eq!(shown, 20, "{out}");
+    assert!(
+        out.contains(&format!(
+            "... and {} more (--output json lists them all)",
+            all - 20
+        )),
+        "{out}"
+    );
+}
+
+/// Class 9 of issue 17: an invalid policy that may select a pod fails that pod closed in the
+/// dataplane; the oracle (explain, matrix) must say so too. Real probes in a two-node lab
+/// enforced by nftables, held against `evaluate` flow by flow.
+#[test]
+fn explain_equals_the_kernel_when_a_policy_is_invalid() {
+    use sluice::lab::enforce::EnforcedLab;
+    use sluice::policy::{evaluate, Endpoint, Flow, PortRef, Protocol};
+    const WORLD: &str = r#"
+kind: Namespace
+apiVersion: v1
+metadata: {name: x}
+---
+kind: Pod
+apiVersion: v1
+metadata: {name: a, namespace: x, labels: {app: a}}
+spec: {nodeName: node-0, containers: [{name: c, ports: [{containerPort: 80}]}]}
+---
+kind: Pod
+apiVersion: v1
+metadata: {name: b, namespace: x, labels: {app: b}}
+spec: {nodeName: node-1, containers: [{name: c, ports: [{containerPort: 80}]}]}
+---
+kind: Pod
+apiVersion: v1
+metadata: {name: c, namespace: x, labels: {app: c}}
+spec: {nodeName: node-0, containers: [{name: c, ports: [{containerPort: 80}]}]}
+---
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: bad, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: a}}
+  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]
+"#;
+    let name = format!("ex{}", std::process::id() % 100_000);
+    let mut lab = EnforcedLab::up(&name, 2, sluice::lab::Attach::Routed).unwrap();
+    let mut b = sluice::policy::objects::ClusterBuilder::new();
+    b.add_text("world", WORLD);
+    let (mut cluster, _) = b.build();
+    assert!(
+        cluster
+            .invalid_policies
+            .contains_key(&ObjectName::new("x", "bad")),
+        "the fixture's policy must be invalid: {:?}",
+        cluster.errors
+    );
+    lab.sync(&mut cluster).unwrap();
+    let mut denied = 0;
+    for (from, to) in [
+        ("x/b", "x/a"),
+        ("x/a", "x/b"),
+        ("x/c", "x/a"),
+        ("x/b", "x/c"),
+        ("x/c", "x/b"),
+    ] {
+        let v = evaluate(
+            &cluster,
+            &Flow {
+                from: Endpoint::parse(from),
+                to: Endpoint::parse(to),
+                port: PortRef::Number(80),
+                protocol: Protocol::Tcp,
+            },
+        )
+        .unwrap();
+        let r = lab.probe(
+            &ObjectName::parse(from),
+            &ObjectName::parse(to),
+            false,
+            80,
+            Protocol::Tcp,
+            v.allowed,
+        );
+        assert_eq!(
+            r.is_connected(),
+            v.allowed,
+            "{from} -> {to}: kernel {r}, explain:\n{v}"
+        );
+        if !v.allowed {
+            denied += 1;
+            assert!(v.to_string().contains("policy x/bad is invalid"), "{v}");
+        }
+    }
+    // a's flows both ways are the fail-closed ones; the others pass (the lab works).
+    assert_eq!(denied, 3);
 }
 
 /// Until the dataplanes enforce ClusterNetworkPolicy, a pod a CNP selects fails closed in the

@@ -91,8 +91,15 @@ pub fn run(args: MatrixArgs) -> anyhow::Result<i32> {
         .into());
     }
     let m = compute(&cluster, &cols);
-    for note in fail_closed_notes(&m) {
-        eprintln!("warning: {note}");
+    // Denials no policy rule explains: the dataplane fails these pods closed.
+    for p in cluster.pods.values() {
+        if let Some(fc) = cluster.fails_closed(p) {
+            eprintln!(
+                "sluice: warning: {} is denied everything (X) except itself: {}",
+                p.object_name(),
+                fc.reason
+            );
+        }
     }
     let out = match args.output {
         MatrixFormat::Text => render_text(&m),
@@ -105,21 +112,6 @@ pub fn run(args: MatrixArgs) -> anyhow::Result<i32> {
     };
     print!("{out}");
     Ok(0)
-}
-
-/// One line per pod that fails closed because a ClusterNetworkPolicy selects it.
-pub fn fail_closed_notes(m: &Matrix) -> Vec<String> {
-    m.pods
-        .iter()
-        .zip(&m.failed_closed)
-        .filter(|(_, by)| !by.is_empty())
-        .map(|(pod, by)| {
-            format!(
-                "{pod} is selected by {}: sluice's dataplanes do not enforce ClusterNetworkPolicy yet, so it fails closed and the table shows every cell from or to it denied, as the kernel does (explain --from/--to gives the API's verdict)",
-                by.join(", ")
-            )
-        })
-        .collect()
 }
 
 /// The cells, with the API's verdict for cells whose kernel verdict comes from failing closed.

@@ -74,25 +74,12 @@ pub fn compile(input: &CompileInput) -> NodeRuleset {
             .iface
             .clone()
             .unwrap_or_else(|| names::default_iface(&pod.namespace, &pod.name));
-        let invalid = cluster.invalid_policies_for(pod);
-        // The dataplanes do not enforce ClusterNetworkPolicy yet: its subjects fail closed,
-        // exactly like pods whose NetworkPolicies cannot be compiled.
-        let cnps = cluster.cnp_fail_closed_for(pod);
+        let fails_closed = cluster.fails_closed(pod);
         let mut iso = Vec::new();
         for dir in [Direction::Ingress, Direction::Egress] {
             let chain = names::pod_chain(&pod.namespace, &pod.name, dir_name(dir));
-            let isolation = if !invalid.is_empty() || !cnps.is_empty() {
-                let reason = if invalid.is_empty() {
-                    format!(
-                        "{name} is selected by {} (ClusterNetworkPolicy), which the dataplane does not enforce yet: failing closed (all its traffic is dropped) until it does",
-                        cnps.join(", ")
-                    )
-                } else {
-                    format!(
-                        "{name} may be selected by invalid policies {}: failing closed until they are fixed",
-                        invalid.join(", ")
-                    )
-                };
+            let isolation = if let Some(fc) = &fails_closed {
+                let reason = format!("{name} fails closed: {}", fc.reason);
                 warnings.push(format!("{reason} ({dir})"));
                 inet.chains.insert(
                     chain.clone(),
@@ -101,7 +88,7 @@ pub fn compile(input: &CompileInput) -> NodeRuleset {
                         rules: vec![Rule {
                             matches: vec![],
                             verdict: Verdict::Drop,
-                            comment: Some(if invalid.is_empty() {
+                            comment: Some(if fc.policies.iter().all(|p| p.starts_with("cnp/")) {
                                 format!("{name}: ClusterNetworkPolicy not enforced, fail closed")
                             } else {
                                 format!("{name}: invalid policy, fail closed")

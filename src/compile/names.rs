@@ -111,6 +111,43 @@ pub fn default_iface(ns: &str, pod: &str) -> String {
     )
 }
 
+/// Whether the kernel would take `name` as an interface name (its `dev_valid_name`): 1 to 15
+/// bytes (IFNAMSIZ is 16 with the NUL), not `.` or `..`, no `/`, `:` or whitespace.
+pub fn check_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 15 {
+        return Err(format!(
+            "interface names are 1 to 15 bytes (Linux IFNAMSIZ), this one is {}",
+            name.len()
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err("\".\" and \"..\" are not interface names".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| *c == '/' || *c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "interface names cannot contain {c:?} (no '/', ':', spaces or control characters)"
+        ));
+    }
+    Ok(())
+}
+
+/// A MAC address as six colon-separated pairs of hex digits, returned in lower case.
+pub fn check_mac(mac: &str) -> Result<String, String> {
+    let parts: Vec<&str> = mac.split(':').collect();
+    if parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        Ok(mac.to_ascii_lowercase())
+    } else {
+        Err("a MAC address is six pairs of hex digits separated by ':' (aa:bb:cc:dd:ee:ff)".into())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,5 +268,42 @@ mod tests {
             pod_chain("x", "deployment/api", "ingress"),
             pod_chain("x", "deployment-api", "ingress")
         );
+    }
+
+    #[test]
+    fn interface_names_the_kernel_refuses_are_refused() {
+        for bad in [
+            "",
+            "a b",
+            "a/b",
+            "a:b",
+            ".",
+            "..",
+            "abcdefghijklmnop",
+            "tab\tx",
+        ] {
+            assert!(check_ifname(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["eth0", "veth04e24404", "abcdefghijklmno", "cali-1.x_y"] {
+            assert!(check_ifname(good).is_ok(), "{good:?} refused");
+        }
+        // Bytes, not characters: five 3-byte characters are 15 bytes, six are 18.
+        assert!(check_ifname("ééééééé").is_ok());
+        assert!(check_ifname("€€€€€€").is_err());
+    }
+
+    #[test]
+    fn macs_are_six_hex_pairs() {
+        assert_eq!(check_mac("AA:bb:0c:dd:ee:ff").unwrap(), "aa:bb:0c:dd:ee:ff");
+        for bad in [
+            "aa:bb:cc:dd:ee",
+            "aa:bb:cc:dd:ee:ff:00",
+            "aa-bb-cc-dd-ee-ff",
+            "zz:bb:cc:dd:ee:ff",
+            "a:bb:cc:dd:ee:fff",
+            "",
+        ] {
+            assert!(check_mac(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Pod as K8sPod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use crate::policy::labels::Selector;
-use crate::policy::model::{Cluster, Namespace, ObjectName, Pod, Policy, Problem};
+use crate::policy::model::{Cluster, InvalidPolicy, Namespace, ObjectName, Pod, Policy, Problem};
 use crate::policy::{networkpolicy, objects};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -187,11 +187,16 @@ fn upsert(cluster: &mut Cluster, obj: Object) -> bool {
             }
             cluster.upsert_policy(p);
         }
-        Object::InvalidPolicy { name, selector, .. } => {
-            if cluster.invalid_policies.get(&name) == Some(&selector) {
+        Object::InvalidPolicy {
+            name,
+            selector,
+            problems,
+        } => {
+            let invalid = InvalidPolicy { selector, problems };
+            if cluster.invalid_policies.get(&name) == Some(&invalid) {
                 return false;
             }
-            cluster.mark_policy_invalid(name, selector);
+            cluster.mark_policy_invalid(name, invalid);
         }
     }
     // The snapshot lives for the agent's lifetime: its "undeclared namespace" warnings are

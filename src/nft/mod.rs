@@ -62,10 +62,13 @@ impl Dataplane for NftDataplane {
         })
     }
 
+    /// Exact: what the kernel holds is compared, rule by rule and element by element, with
+    /// what it holds once `wanted` is applied (the agent's drift fingerprint, see
+    /// [`installed::Fingerprint::expected`]).
     fn status(&self, wanted: &NodeRuleset) -> Result<Status> {
-        let (_, installed) = installed::read(&self.nft)?;
+        let (have, installed) = installed::read(&self.nft)?;
         let want = installed::Summary::wanted(wanted);
-        let differences = installed.differences(&want);
+        let differences = have.differences(&installed::Fingerprint::expected(wanted)?);
         Ok(Status {
             in_sync: differences.is_empty(),
             differences,

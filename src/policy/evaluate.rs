@@ -296,6 +296,18 @@ fn side(
         Some(p) => p,
     };
     if !cluster.has_cluster_policies() {
+        // The same rule the compiler follows, so explain says what the kernel does.
+        if let Some(fc) = cluster.fails_closed(pod) {
+            let v = SideVerdict {
+                pod: Some(pod.object_name().to_string()),
+                allowed: false,
+                isolated: true,
+                isolated_by: fc.policies,
+                reason: format!("{} fails closed: {}", pod.object_name(), fc.reason),
+                ..Default::default()
+            };
+            return (v, vec![]);
+        }
         return (np_side(cluster, dir, pod, other, fp), vec![]);
     }
     let mut warnings = Vec::new();
@@ -363,17 +375,18 @@ fn side(
         steps.join(" -> "),
         if v.allowed { "allowed" } else { "denied" }
     );
-    let fail_closed = cluster.cnp_fail_closed_for(pod);
-    if !fail_closed.is_empty() {
+    // The same rule the compiler follows (CNP subjects and pods invalid policies may select),
+    // so explain says what the kernel does, and the API's verdict beside it.
+    if let Some(fc) = cluster.fails_closed(pod) {
         v.api_allowed = Some(v.allowed);
         v.allowed = false;
         v.reason = format!(
-            "kernel: {} is selected by {}, and sluice's dataplanes do not enforce ClusterNetworkPolicy yet, so the pod fails closed (all its {dir} traffic is dropped); this verdict is what the kernel does. Per the API: {}",
+            "kernel: {} fails closed (all its {dir} traffic is dropped): {}; this verdict is what the kernel does. Per the API: {}",
             pod.object_name(),
-            fail_closed.join(", "),
+            fc.reason,
             v.reason
         );
-        v.failed_closed_by = fail_closed;
+        v.failed_closed_by = fc.policies;
     }
     (v, warnings)
 }

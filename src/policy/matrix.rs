@@ -84,9 +84,9 @@ pub struct Matrix {
     egress: Vec<Vec<Vec<Option<Bits>>>>,
     ingress: Vec<Vec<Vec<Option<Bits>>>>,
     pub group_count: usize,
-    /// Per pod: the ClusterNetworkPolicies selecting it. The dataplanes do not enforce CNPs
-    /// yet, so such a pod fails closed in the kernel and every cell from or to it (but
-    /// loopback) is denied, as in [`super::evaluate`].
+    /// Per pod: the policies that make it fail closed (ClusterNetworkPolicies selecting it,
+    /// which the dataplanes do not enforce yet, and invalid policies that may select it):
+    /// every cell from or to it (but loopback) is denied, as in [`super::evaluate`].
     pub failed_closed: Vec<Vec<String>>,
 }
 
@@ -199,7 +199,12 @@ pub fn compute(cluster: &Cluster, columns: &[PortProto]) -> Matrix {
         group_count: n,
         failed_closed: pods
             .iter()
-            .map(|p| cluster.cnp_fail_closed_for(p))
+            .map(|p| {
+                cluster
+                    .fails_closed(p)
+                    .map(|f| f.policies)
+                    .unwrap_or_default()
+            })
             .collect(),
     }
 }
@@ -398,11 +403,28 @@ fn side(
         }
         b
     };
+    // Groups that fail closed (an invalid policy may select them: the rule is
+    // `Cluster::fails_closed`, a function of namespace and labels, so of the group) allow
+    // nothing; their policies need not be looked at.
+    let closed: Vec<bool> = ctx
+        .reps
+        .iter()
+        .map(|p| ctx.cluster.fails_closed(p).is_some())
+        .collect();
+    for (g, _) in closed.iter().enumerate().filter(|(_, c)| **c) {
+        for col in out.iter_mut() {
+            col[g] = Some(Bits::new(n));
+        }
+    }
     for policy in ctx.cluster.policies.values() {
         let Some(rules) = policy.rules(dir) else {
             continue;
         };
-        let selected = ctx.selected(policy);
+        let selected: Vec<usize> = ctx
+            .selected(policy)
+            .into_iter()
+            .filter(|&g| !closed[g])
+            .collect();
         if selected.is_empty() {
             continue;
         }
@@ -515,6 +537,8 @@ mod tests {
                 "",
                 "policyTypes: [Ingress, Egress],",
                 "policyTypes: [Egress],",
+                // Invalid, with a readable podSelector: the pods it may select fail closed.
+                "policyTypes: [Sideways],",
             ]),
             prop::collection::vec(rule.clone(), 0..3),
             prop::collection::vec(rule, 0..3),
@@ -571,7 +595,11 @@ mod tests {
             let mut b = ClusterBuilder::new();
             b.add_text("gen", &text);
             let (cluster, _) = b.build();
-            prop_assert!(cluster.errors.is_empty(), "{:?}", cluster.errors);
+            prop_assert!(
+                cluster.errors.iter().all(|e| e.field == "spec.policyTypes[0]"),
+                "{:?}",
+                cluster.errors
+            );
             let columns: Vec<PortProto> = [(80, Protocol::Tcp), (81, Protocol::Tcp), (80, Protocol::Udp), (81, Protocol::Udp), (80, Protocol::Sctp)]
                 .iter().map(|&(port, protocol)| PortProto { port, protocol }).collect();
             let m = compute(&cluster, &columns);

@@ -212,6 +212,44 @@ impl fmt::Display for Problem {
     }
 }
 
+/// A NetworkPolicy that could not be read or validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidPolicy {
+    /// Its podSelector when it alone is valid; None: it may select every pod of its namespace.
+    pub selector: Option<Selector>,
+    /// What is wrong with it (field and message).
+    pub problems: Vec<Problem>,
+}
+
+impl InvalidPolicy {
+    /// `field: message` of each problem, for people.
+    pub fn what(&self) -> String {
+        if self.problems.is_empty() {
+            return "it cannot be enforced".into();
+        }
+        self.problems
+            .iter()
+            .map(|p| {
+                if p.field.is_empty() {
+                    p.message.clone()
+                } else {
+                    format!("field {}: {}", p.field, p.message)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// A pod the dataplane fails closed, and why (see [`Cluster::fails_closed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailClosed {
+    /// The invalid policies that may select it, in name order.
+    pub policies: Vec<String>,
+    /// One sentence naming each policy, the field and the problem.
+    pub reason: String,
+}
+
 /// A snapshot of everything policy decisions depend on, indexed for lookups.
 #[derive(Debug, Clone, Default)]
 pub struct Cluster {
@@ -221,9 +259,9 @@ pub struct Cluster {
     pub policies: BTreeMap<ObjectName, Policy>,
     /// Invalid objects that were left out.
     pub errors: Vec<Problem>,
-    /// Invalid policies, with their podSelector when it alone is valid (None: the selector is
-    /// invalid too). Dataplanes fail the pods they may select closed.
-    pub invalid_policies: BTreeMap<ObjectName, Option<Selector>>,
+    /// Invalid policies, with their podSelector when it alone is valid and what is wrong.
+    /// Pods they may select fail closed: see [`Cluster::fails_closed`].
+    pub invalid_policies: BTreeMap<ObjectName, InvalidPolicy>,
     /// Things that work but deserve a look (undeclared namespaces, normalised CIDRs, ...).
     pub warnings: Vec<String>,
     /// Namespaces that pods or policies use but no Namespace object declares (lint reports
@@ -321,23 +359,60 @@ impl Cluster {
 
     /// Records a policy that failed validation: the valid version (if any) is removed, and
     /// pods it may select fail closed in the dataplane.
-    pub fn mark_policy_invalid(&mut self, name: ObjectName, selector: Option<Selector>) {
+    pub fn mark_policy_invalid(&mut self, name: ObjectName, invalid: InvalidPolicy) {
         self.policies.remove(&name);
-        self.invalid_policies.insert(name, selector);
+        self.invalid_policies.insert(name, invalid);
     }
 
-    /// Invalid policies that may select `pod` (same namespace; selector matches or unknown).
-    pub fn invalid_policies_for(&self, pod: &Pod) -> Vec<String> {
+    /// Whether `pod` fails closed (every packet it sends or receives through the dataplane is
+    /// dropped, both directions) and why. The one rule the compiler and the oracle share: a
+    /// pod fails closed when an invalid policy of its namespace may select it (its podSelector
+    /// matches, or cannot be read either). Host-network pods are never selected.
+    pub fn fails_closed(&self, pod: &Pod) -> Option<FailClosed> {
         if pod.host_network {
-            return vec![];
+            return None;
         }
-        self.invalid_policies
+        let hits: Vec<(&ObjectName, &InvalidPolicy)> = self
+            .invalid_policies
             .iter()
-            .filter(|(n, sel)| {
-                n.namespace == pod.namespace && sel.as_ref().is_none_or(|s| s.matches(&pod.labels))
+            .filter(|(n, inv)| {
+                n.namespace == pod.namespace
+                    && inv.selector.as_ref().is_none_or(|s| s.matches(&pod.labels))
             })
-            .map(|(n, _)| n.to_string())
-            .collect()
+            .collect();
+        // ClusterNetworkPolicy subjects: the dataplanes do not enforce CNPs yet.
+        let cnps = self.cnp_fail_closed_for(pod);
+        if hits.is_empty() && cnps.is_empty() {
+            return None;
+        }
+        let mut reasons = Vec::new();
+        if !hits.is_empty() {
+            let why: Vec<String> = hits
+                .iter()
+                .map(|(n, inv)| format!("policy {n} is invalid ({})", inv.what()))
+                .collect();
+            let many = hits.len() > 1;
+            reasons.push(format!(
+                "{}, so pods {} may select fail closed until {} fixed",
+                why.join("; "),
+                if many { "they" } else { "it" },
+                if many { "they are" } else { "it is" },
+            ));
+        }
+        if !cnps.is_empty() {
+            reasons.push(format!(
+                "it is selected by {} (ClusterNetworkPolicy), which sluice's dataplanes do not enforce yet, so it fails closed until they do",
+                cnps.join(", ")
+            ));
+        }
+        Some(FailClosed {
+            policies: hits
+                .iter()
+                .map(|(n, _)| n.to_string())
+                .chain(cnps)
+                .collect(),
+            reason: reasons.join("; "),
+        })
     }
 
     fn ensure_namespace(&mut self, ns: &str, kind: &str, user: &str) {

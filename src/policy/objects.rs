@@ -25,7 +25,7 @@ use super::cnp::{self, ClusterPolicy, Subject};
 use super::fields::{decode, unknown_fields, unknown_keys, TypeError};
 use super::kinds::{accepted_versions, classify, expected_api_version, KindClass};
 use super::labels::Selector;
-use super::model::{Cluster, Namespace, ObjectName, Pod, Policy, Problem};
+use super::model::{Cluster, InvalidPolicy, Namespace, ObjectName, Pod, Policy, Problem};
 use super::networkpolicy;
 use super::pods::{build_pod, check_names, shared_port_names};
 pub use super::pods::{namespace_from_k8s, pod_from_k8s};
@@ -116,7 +116,7 @@ pub struct ClusterBuilder {
     /// Pods and workload pods, with where they were read and whether they are workloads.
     pods: BTreeMap<ObjectName, (Pod, Place, bool)>,
     policies: BTreeMap<ObjectName, Policy>,
-    invalid_policies: BTreeMap<ObjectName, Option<Selector>>,
+    invalid_policies: BTreeMap<ObjectName, InvalidPolicy>,
     cluster_policies: BTreeMap<String, ClusterPolicy>,
     invalid_cluster_policies: BTreeMap<String, Option<Subject>>,
     /// Non-empty documents seen, valid or not.
@@ -483,7 +483,13 @@ impl ClusterBuilder {
                 let selector = decode::<LabelSelector>(doc["spec"]["podSelector"].clone())
                     .ok()
                     .and_then(|s| Selector::from_k8s(&s).ok());
-                self.invalid_policies.insert(key, selector);
+                self.invalid_policies.insert(
+                    key,
+                    InvalidPolicy {
+                        selector,
+                        problems: vec![p.clone()],
+                    },
+                );
                 return self.invalid(vec![p]);
             }
         };
@@ -495,8 +501,15 @@ impl ClusterBuilder {
                 self.policies.insert(key, p);
             }
             (result, version) => {
-                self.invalid_policies.insert(key, converted.pod_selector);
-                self.invalid(merge(version, result.err()));
+                let problems = merge(version, result.err());
+                self.invalid_policies.insert(
+                    key,
+                    InvalidPolicy {
+                        selector: converted.pod_selector,
+                        problems: problems.clone(),
+                    },
+                );
+                self.invalid(problems);
             }
         }
     }
@@ -564,8 +577,8 @@ impl ClusterBuilder {
         for (_, p) in std::mem::take(&mut self.policies) {
             self.cluster.upsert_policy(p);
         }
-        for (name, sel) in std::mem::take(&mut self.invalid_policies) {
-            self.cluster.mark_policy_invalid(name, sel);
+        for (name, invalid) in std::mem::take(&mut self.invalid_policies) {
+            self.cluster.mark_policy_invalid(name, invalid);
         }
         self.summary.cluster_policies = self.cluster_policies.len();
         for (_, p) in std::mem::take(&mut self.cluster_policies) {

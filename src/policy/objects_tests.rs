@@ -238,7 +238,9 @@ spec: {selector: {}, template: {spec: {containers: []}}}
     assert!(c
         .invalid_policies
         .contains_key(&ObjectName::new("x", "noversion")));
-    assert!(c.invalid_policies[&ObjectName::new("x", "p")].is_some());
+    assert!(c.invalid_policies[&ObjectName::new("x", "p")]
+        .selector
+        .is_some());
     assert!(c.pods.is_empty());
 }
 

@@ -295,8 +295,8 @@ pub fn diff(old: &Cluster, new: &Cluster, columns: &[PortProto], absent: AbsentP
 }
 
 /// Whether a pod's `dir` side may decide differently: it is absent from one snapshot, what
-/// policies observe of it (labels, ports, addresses, its namespace's labels) differs, or the
-/// policies isolating it in `dir` differ.
+/// policies observe of it (labels, ports, addresses, its namespace's labels) differs, the
+/// policies isolating it in `dir` differ, or whether it fails closed (an invalid policy).
 fn side_changed(old: &Cluster, new: &Cluster, name: &ObjectName, dir: Direction) -> bool {
     let (Some(a), Some(b)) = (old.pod(name), new.pod(name)) else {
         return true;
@@ -304,6 +304,7 @@ fn side_changed(old: &Cluster, new: &Cluster, name: &ObjectName, dir: Direction)
     a != b
         || old.namespace_labels(&a.namespace) != new.namespace_labels(&b.namespace)
         || old.isolating(a, dir) != new.isolating(b, dir)
+        || old.fails_closed(a) != new.fails_closed(b)
 }
 
 /// A member of class `c` to stand for the destination; the second member when source and

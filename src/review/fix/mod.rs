@@ -457,6 +457,18 @@ pub fn propose(cluster: &Cluster, flow: &Flow, goal: Goal) -> Result<Option<Fix>
             ));
         }
     }
+    if goal == Goal::Allow {
+        // The dataplane drops everything of such a pod: no policy edit can help.
+        for p in [from_pod, to_pod].into_iter().flatten() {
+            if let Some(fc) = cluster.fails_closed(p) {
+                return Err(format!(
+                    "no policy edit can allow it: {} fails closed: {}; correct the field named first",
+                    p.object_name(),
+                    fc.reason
+                ));
+            }
+        }
+    }
     let ends = Ends {
         port: verdict.port,
         port_ref: flow.port.clone(),
