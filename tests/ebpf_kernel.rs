@@ -383,3 +383,24 @@ fn ebpf_clsact_attachment_enforces_like_tcx() {
         );
     }
 }
+
+/// The eBPF dataplane fails ClusterNetworkPolicy subjects closed too (it does not enforce
+/// CNPs yet), and leaves pods no CNP selects alone.
+#[test]
+fn a_cnp_subject_fails_closed_and_other_pods_do_not() {
+    if !ebpf_built() {
+        return;
+    }
+    let mut cluster = common::fixture("cnp/kernel.yaml");
+    let name = format!("ebcnp{}", std::process::id() % 100_000);
+    let mut lab = EnforcedLab::up_with(&name, 1, Attach::Routed, DataplaneKind::Ebpf).unwrap();
+    lab.sync(&mut cluster).unwrap();
+    for (from, to, want) in [
+        ("x/a", "x/b", true),
+        ("x/a", "y/a", false),
+        ("y/a", "x/b", false),
+    ] {
+        let r = lab.probe(&n(from), &n(to), false, 80, Protocol::Tcp, want);
+        assert_eq!(r.is_connected(), want, "{from} -> {to}: {r}");
+    }
+}

@@ -742,3 +742,240 @@ fn explain_and_matrix_deny_pods_of_an_invalid_policy() {
         text(&out.stderr)
     );
 }
+
+const CNP_WORLD: &str = r#"
+{kind: Namespace, apiVersion: v1, metadata: {name: x}}
+---
+{kind: Namespace, apiVersion: v1, metadata: {name: y, labels: {tenant: "1"}}}
+---
+{kind: Pod, apiVersion: v1, metadata: {name: a, namespace: x}, spec: {containers: [{name: c, ports: [{containerPort: 80}]}]}, status: {podIP: 10.0.0.1}}
+---
+{kind: Pod, apiVersion: v1, metadata: {name: b, namespace: x}, spec: {containers: [{name: c, ports: [{containerPort: 80}]}]}, status: {podIP: 10.0.0.2}}
+---
+{kind: Pod, apiVersion: v1, metadata: {name: a, namespace: y}, spec: {containers: [{name: c, ports: [{containerPort: 80}]}]}, status: {podIP: 10.0.1.1}}
+---
+apiVersion: policy.networking.k8s.io/v1beta1
+kind: ClusterNetworkPolicy
+metadata: {name: guard}
+spec:
+  tier: Admin
+  priority: 10
+  subject: {namespaces: {matchLabels: {tenant: "1"}}}
+  ingress:
+  - {name: pass-y, action: Pass, from: [{namespaces: {matchLabels: {tenant: "1"}}}]}
+  - {name: no-x, action: Deny, from: [{namespaces: {matchLabels: {kubernetes.io/metadata.name: x}}}]}
+"#;
+
+/// explain and matrix take ClusterNetworkPolicies with no new flag: the JSON names the
+/// deciding tier, policy, rule and action, and the kernel verdict (fail closed) beside the
+/// API's.
+#[test]
+fn explain_and_matrix_report_cnp_tiers_and_the_kernel_verdict() {
+    let dir = TempDir::new("cnp");
+    let f = dir.file("w.yaml", CNP_WORLD);
+    let out = sluice(&[
+        "explain", "-m", &f, "--from", "x/a", "--to", "y/a", "--port", "80", "--output", "json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ing = &v["ingress"];
+    assert_eq!(v["allowed"], false);
+    assert_eq!(ing["tier"], "Admin");
+    assert_eq!(ing["decision"]["policy"], "cnp/guard");
+    assert_eq!(ing["decision"]["rule"], 1);
+    assert_eq!(ing["decision"]["ruleName"], "no-x");
+    assert_eq!(ing["decision"]["action"], "Deny");
+    assert_eq!(ing["apiAllowed"], false);
+    assert_eq!(ing["failedClosedBy"], serde_json::json!(["cnp/guard"]));
+    // The source is no subject: its side has no fail-closed mark.
+    assert_eq!(v["egress"]["allowed"], true);
+    assert!(v["egress"].get("failedClosedBy").is_none());
+
+    let out = sluice(&[
+        "explain", "-m", &f, "--from", "x/a", "--to", "y/a", "--port", "80",
+    ]);
+    let t = text(&out.stdout);
+    assert!(
+        t.contains("Admin: cnp/guard rule 1 'no-x' (Deny) matched"),
+        "{t}"
+    );
+    assert!(t.contains("fails closed"), "{t}");
+
+    // Without CNPs in the way, the output keeps its NetworkPolicy-only shape.
+    let out = sluice(&[
+        "explain", "-m", &f, "--from", "x/a", "--to", "x/b", "--port", "80", "--output", "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ingress"]["tier"], "Default");
+    assert!(v["ingress"].get("apiAllowed").is_none());
+
+    let out = sluice(&["matrix", "-m", &f, "--ports", "80", "--output", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(
+            "y/a is denied everything (X) except itself: it is selected by cnp/guard (ClusterNetworkPolicy)"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+    let cells: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let cell = |from: &str, to: &str| {
+        cells
+            .iter()
+            .find(|c| c["from"] == from && c["to"] == to)
+            .unwrap()
+            .clone()
+    };
+    let xy = cell("x/a", "y/a");
+    assert_eq!(xy["allowed"], false);
+    assert_eq!(xy["apiAllowed"], false);
+    assert_eq!(xy["failedClosedBy"], serde_json::json!(["cnp/guard"]));
+    // y -> y is passed by Admin and allowed by default per the API; the kernel drops it.
+    let ya = cell("y/a", "x/a");
+    assert_eq!(ya["allowed"], false);
+    assert_eq!(ya["apiAllowed"], true);
+    let xx = cell("x/a", "x/b");
+    assert_eq!(xx["allowed"], true);
+    assert!(xx.get("apiAllowed").is_none());
+
+    // --fix cannot reason about CNPs yet, and says so instead of proposing a wrong fix.
+    let out = sluice(&[
+        "explain", "-m", &f, "--from", "x/a", "--to", "y/a", "--port", "80", "--fix",
+    ]);
+    let all = text(&out.stdout) + &text(&out.stderr);
+    assert!(
+        all.contains("--fix does not reason about ClusterNetworkPolicies yet"),
+        "{all}"
+    );
+}
+
+/// CNP validation errors name the kind, the cluster-scoped name and the field, and --strict
+/// refuses them like any invalid object.
+#[test]
+fn cnp_errors_name_the_field_and_strict_refuses() {
+    let dir = TempDir::new("cnpbad");
+    let f = dir.file(
+        "w.yaml",
+        &CNP_WORLD.replace("priority: 10", "priority: 1001"),
+    );
+    let out = sluice(&["matrix", "-m", &f, "--ports", "80"]);
+    assert!(out.status.success());
+    assert!(
+        text(&out.stderr)
+            .contains("ClusterNetworkPolicy guard: spec.priority: 1001 is out of range"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = sluice(&["matrix", "-m", &f, "--ports", "80", "--strict"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// The worked example of docs/policy.md: the API's verdicts, written by hand from the
+/// guardrails' comments, and every tenant pod failed closed by the kernel.
+#[test]
+fn the_cnp_example_explains_as_documented() {
+    let dir = format!("{}/examples/cnp", env!("CARGO_MANIFEST_DIR"));
+    let side = |from: &str, to: &str, port: &str, dir_: &str| -> serde_json::Value {
+        let out = sluice(&[
+            "explain", "-m", &dir, "--from", from, "--to", to, "--port", port, "--output", "json",
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", text(&out.stderr)));
+        v[dir_].clone()
+    };
+    // (from, to, port, direction, API verdict, deciding tier, deciding policy)
+    for (from, to, port, d, api, tier, policy) in [
+        (
+            "monitoring/prometheus",
+            "tenant-a/web",
+            "9090",
+            "ingress",
+            true,
+            "Admin",
+            Some("cnp/allow-monitoring"),
+        ),
+        (
+            "monitoring/prometheus",
+            "tenant-a/web",
+            "8080",
+            "ingress",
+            false,
+            "Baseline",
+            Some("cnp/tenant-default-deny"),
+        ),
+        (
+            "tenant-a/web",
+            "tenant-a/db",
+            "5432",
+            "ingress",
+            true,
+            "NetworkPolicy",
+            None,
+        ),
+        (
+            "tenant-b/web",
+            "tenant-a/web",
+            "8080",
+            "ingress",
+            false,
+            "Admin",
+            Some("cnp/isolate-tenant-a"),
+        ),
+        (
+            "tenant-a/web",
+            "169.254.169.254",
+            "80",
+            "egress",
+            false,
+            "Admin",
+            Some("cnp/tenant-guardrails"),
+        ),
+        (
+            "tenant-a/web",
+            "kube-system/coredns",
+            "53",
+            "egress",
+            true,
+            "Default",
+            None,
+        ),
+    ] {
+        let s = side(from, to, port, d);
+        let what = format!("{from} -> {to}:{port} {d}: {s:#}");
+        assert_eq!(s["apiAllowed"], api, "{what}");
+        assert_eq!(
+            s["allowed"], false,
+            "the kernel fails tenants closed: {what}"
+        );
+        assert_eq!(s["tier"], tier, "{what}");
+        match policy {
+            Some(p) => assert_eq!(s["decision"]["policy"], p, "{what}"),
+            None => assert!(s.get("decision").is_none(), "{what}"),
+        }
+    }
+    // compile: the tenant pods of node-0 fail closed with a warning naming the CNPs; CoreDNS,
+    // on the same node and selected by none, does not.
+    let out = sluice(&["compile", "-m", &dir, "--node", "node-0"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let nft = text(&out.stdout);
+    for pod in ["tenant-a/web", "tenant-a/db"] {
+        assert!(
+            nft.contains(&format!(
+                "{pod}: ClusterNetworkPolicy not enforced, fail closed"
+            )),
+            "{nft}"
+        );
+    }
+    assert!(!nft.contains("coredns: ClusterNetworkPolicy"), "{nft}");
+    assert!(
+        text(&out.stderr)
+            .contains("tenant-a/web fails closed: it is selected by cnp/allow-monitoring, cnp/isolate-tenant-a"),
+        "{}",
+        text(&out.stderr)
+    );
+    // CoreDNS is no subject: its ingress is decided as before.
+    let s = side("tenant-a/web", "kube-system/coredns", "53", "ingress");
+    assert_eq!(s["allowed"], true);
+    assert!(s.get("failedClosedBy").is_none());
+}

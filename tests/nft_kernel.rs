@@ -528,3 +528,47 @@ spec:
     // a's flows both ways are the fail-closed ones; the others pass (the lab works).
     assert_eq!(denied, 3);
 }
+
+/// Until the dataplanes enforce ClusterNetworkPolicy, a pod a CNP selects fails closed in the
+/// kernel (both directions) and pods no CNP selects are untouched; explain says the same.
+#[test]
+fn a_cnp_subject_fails_closed_in_the_kernel_and_other_pods_do_not() {
+    use sluice::lab::enforce::EnforcedLab;
+    use sluice::policy::{evaluate, Endpoint, Flow, PortRef, Protocol};
+    let mut cluster = common::fixture("cnp/kernel.yaml");
+    let name = format!("cnp{}", std::process::id() % 1_000_000);
+    let mut lab = EnforcedLab::up(&name, 1, Attach::Routed).unwrap();
+    lab.sync(&mut cluster).unwrap();
+    let rs = lab.ruleset(&cluster, 0);
+    assert!(
+        rs.warnings
+            .iter()
+            .any(|w| w.contains("y/a") && w.contains("cnp/tenants")),
+        "{:?}",
+        rs.warnings
+    );
+    for (from, to, expected) in [
+        ("x/a", "x/b", true),
+        ("x/b", "x/a", true),
+        ("x/a", "y/a", false),
+        ("y/a", "x/b", false),
+    ] {
+        let (f, t) = (ObjectName::parse(from), ObjectName::parse(to));
+        let verdict = evaluate(
+            &cluster,
+            &Flow {
+                from: Endpoint::Pod(f.clone()),
+                to: Endpoint::Pod(t.clone()),
+                port: PortRef::Number(80),
+                protocol: Protocol::Tcp,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            verdict.allowed, expected,
+            "explain {from} -> {to}: {verdict}"
+        );
+        let r = lab.probe(&f, &t, false, 80, Protocol::Tcp, expected);
+        assert_eq!(r.is_connected(), expected, "kernel {from} -> {to}: {r:?}");
+    }
+}

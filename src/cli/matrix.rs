@@ -71,7 +71,14 @@ struct Cell<'a> {
     to: String,
     port: u16,
     protocol: &'a str,
+    /// What the kernel does (a pod selected by a ClusterNetworkPolicy fails closed).
     allowed: bool,
+    /// The API's verdict, when the kernel's differs from it or may (fail-closed pods).
+    #[serde(rename = "apiAllowed", skip_serializing_if = "Option::is_none")]
+    api_allowed: Option<bool>,
+    /// ClusterNetworkPolicies that make one end fail closed.
+    #[serde(rename = "failedClosedBy", skip_serializing_if = "Vec::is_empty")]
+    failed_closed_by: Vec<String>,
 }
 
 pub fn run(args: MatrixArgs) -> anyhow::Result<i32> {
@@ -97,7 +104,7 @@ pub fn run(args: MatrixArgs) -> anyhow::Result<i32> {
     let out = match args.output {
         MatrixFormat::Text => render_text(&m),
         MatrixFormat::Json => {
-            let cells = cells(&m);
+            let cells = cells_with_api(&m, &cluster);
             serde_json::to_string_pretty(&cells)? + "\n"
         }
         MatrixFormat::Csv => render_csv(&m),
@@ -105,6 +112,51 @@ pub fn run(args: MatrixArgs) -> anyhow::Result<i32> {
     };
     print!("{out}");
     Ok(0)
+}
+
+/// The cells, with the API's verdict for cells whose kernel verdict comes from failing closed.
+fn cells_with_api(m: &Matrix, cluster: &Cluster) -> Vec<Cell<'static>> {
+    let mut v = cells(m);
+    if m.failed_closed.iter().all(|f| f.is_empty()) {
+        return v;
+    }
+    let index: std::collections::BTreeMap<String, usize> = m
+        .pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.to_string(), i))
+        .collect();
+    for cell in &mut v {
+        let (i, j) = (index[&cell.from], index[&cell.to]);
+        if i == j {
+            continue;
+        }
+        let mut by: Vec<String> = m.failed_closed[i].clone();
+        by.extend(m.failed_closed[j].iter().cloned());
+        by.sort();
+        by.dedup();
+        if by.is_empty() {
+            continue;
+        }
+        let flow = crate::policy::Flow {
+            from: crate::policy::Endpoint::Pod(m.pods[i].clone()),
+            to: crate::policy::Endpoint::Pod(m.pods[j].clone()),
+            port: crate::policy::PortRef::Number(cell.port),
+            protocol: m
+                .columns
+                .iter()
+                .find(|c| c.protocol.as_str() == cell.protocol)
+                .map(|c| c.protocol)
+                .unwrap_or(Protocol::Tcp),
+        };
+        if let Ok(verdict) = crate::policy::evaluate(cluster, &flow) {
+            let side =
+                |s: &crate::policy::evaluate::SideVerdict| s.api_allowed.unwrap_or(s.allowed);
+            cell.api_allowed = Some(side(&verdict.egress) && side(&verdict.ingress));
+        }
+        cell.failed_closed_by = by;
+    }
+    v
 }
 
 fn cells(m: &Matrix) -> Vec<Cell<'static>> {
@@ -118,6 +170,8 @@ fn cells(m: &Matrix) -> Vec<Cell<'static>> {
                     port: col.port,
                     protocol: col.protocol.as_str(),
                     allowed: m.allowed(i, j, c),
+                    api_allowed: None,
+                    failed_closed_by: vec![],
                 });
             }
         }

@@ -88,7 +88,11 @@ pub fn compile(input: &CompileInput) -> NodeRuleset {
                         rules: vec![Rule {
                             matches: vec![],
                             verdict: Verdict::Drop,
-                            comment: Some(format!("{name}: invalid policy, fail closed")),
+                            comment: Some(if fc.policies.iter().all(|p| p.starts_with("cnp/")) {
+                                format!("{name}: ClusterNetworkPolicy not enforced, fail closed")
+                            } else {
+                                format!("{name}: invalid policy, fail closed")
+                            }),
                         }],
                         comment: Some(reason.clone()),
                     },

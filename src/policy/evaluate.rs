@@ -10,8 +10,10 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
+use super::cnp::{Action, Tier};
 use super::model::{Cluster, Direction, NamespaceScope, ObjectName, Peer, Pod, Policy, Rule};
 use super::ports::{PortRef, PortRule, Protocol};
+use super::tiers::{self, TierDecision};
 
 /// One end of a flow as the user names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +62,7 @@ pub struct Denial {
 }
 
 /// The verdict of one side (egress of the source, or ingress of the destination).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SideVerdict {
     /// The pod whose policies decide this side; None for an address outside the snapshot.
@@ -73,6 +75,24 @@ pub struct SideVerdict {
     pub denials: Vec<Denial>,
     /// One sentence for people.
     pub reason: String,
+    /// With ClusterNetworkPolicies in the snapshot: the tier that decided this side per the
+    /// API (`Admin`, `NetworkPolicy`, `Baseline`, or `Default` when none did).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    /// The ClusterNetworkPolicy rule that decided (Admin or Baseline tier).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<TierDecision>,
+    /// Pass rules that sent the evaluation on to the next tier.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub passed: Vec<TierDecision>,
+    /// The API's verdict for this side, when the kernel's (`allowed`) differs from it because
+    /// the pod fails closed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_allowed: Option<bool>,
+    /// ClusterNetworkPolicies selecting the pod: the dataplanes do not enforce CNPs yet, so
+    /// the pod fails closed in the kernel and `allowed` is false.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed_closed_by: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -91,10 +111,10 @@ pub struct Verdict {
 }
 
 /// A flow end resolved against the snapshot.
-struct End<'a> {
-    pod: Option<&'a Pod>,
-    ip: Option<IpAddr>,
-    label: String,
+pub(crate) struct End<'a> {
+    pub(crate) pod: Option<&'a Pod>,
+    pub(crate) ip: Option<IpAddr>,
+    pub(crate) label: String,
 }
 
 /// Evaluates `flow` against `cluster`. Errors are bad input (unknown pod, unresolvable name).
@@ -137,6 +157,7 @@ pub fn evaluate(cluster: &Cluster, flow: &Flow) -> Result<Verdict, String> {
     };
     let loopback =
         matches!((from_pod, to_pod), (Some(a), Some(b)) if a.object_name() == b.object_name());
+    let mut warnings = Vec::new();
     let (egress, ingress) = if loopback {
         let v = |p: &Pod| SideVerdict {
             pod: Some(p.object_name().to_string()),
@@ -146,13 +167,15 @@ pub fn evaluate(cluster: &Cluster, flow: &Flow) -> Result<Verdict, String> {
             allowed_by: None,
             denials: vec![],
             reason: "a pod may always reach itself (loopback is never filtered)".into(),
+            ..Default::default()
         };
         (v(from_pod.unwrap()), v(to_pod.unwrap()))
     } else {
-        (
-            side(cluster, Direction::Egress, &src, &dst, &fp),
-            side(cluster, Direction::Ingress, &dst, &src, &fp),
-        )
+        let (e, we) = side(cluster, Direction::Egress, &src, &dst, &fp);
+        let (i, wi) = side(cluster, Direction::Ingress, &dst, &src, &fp);
+        warnings.extend(we);
+        warnings.extend(wi);
+        (e, i)
     };
     Ok(Verdict {
         allowed: egress.allowed && ingress.allowed,
@@ -163,7 +186,7 @@ pub fn evaluate(cluster: &Cluster, flow: &Flow) -> Result<Verdict, String> {
         protocol: flow.protocol,
         egress,
         ingress,
-        warnings: Vec::new(),
+        warnings,
     })
 }
 
@@ -225,68 +248,183 @@ fn pick_addresses(
 }
 
 /// The port side of a flow; named ports resolve on `dst`.
-struct FlowPort<'a> {
-    port: u16,
-    protocol: Protocol,
-    dst: Option<&'a Pod>,
-    dst_label: &'a str,
+pub(crate) struct FlowPort<'a> {
+    pub(crate) port: u16,
+    pub(crate) protocol: Protocol,
+    pub(crate) dst: Option<&'a Pod>,
+    pub(crate) dst_label: &'a str,
 }
 
-/// Decides one side: `subject` is the pod whose policies apply, `other` the far end.
+/// Decides one side: `subject` is the pod whose policies apply, `other` the far end. Returns
+/// the verdict and warnings (same-priority ClusterNetworkPolicies).
 fn side(
     cluster: &Cluster,
     dir: Direction,
     subject: &End,
     other: &End,
     fp: &FlowPort,
-) -> SideVerdict {
+) -> (SideVerdict, Vec<String>) {
     let what = match dir {
         Direction::Egress => "source",
         Direction::Ingress => "destination",
     };
     let pod = match subject.pod {
         None => {
-            return SideVerdict {
+            let v = SideVerdict {
                 pod: None,
                 allowed: true,
-                isolated: false,
-                isolated_by: vec![],
-                allowed_by: None,
-                denials: vec![],
                 reason: format!(
                     "{what} {} is not a pod in the snapshot: no {dir} policy applies",
                     subject.label
                 ),
-            }
+                ..Default::default()
+            };
+            return (v, vec![]);
         }
         Some(p) if p.host_network => {
-            return SideVerdict {
+            let v = SideVerdict {
                 pod: Some(p.object_name().to_string()),
                 allowed: true,
-                isolated: false,
-                isolated_by: vec![],
-                allowed_by: None,
-                denials: vec![],
                 reason: format!(
-                    "{} uses the host network: NetworkPolicy does not select host-network pods",
+                    "{} uses the host network: neither NetworkPolicy nor ClusterNetworkPolicy selects host-network pods",
                     p.object_name()
                 ),
-            }
+                ..Default::default()
+            };
+            return (v, vec![]);
         }
         Some(p) => p,
     };
-    // The same rule the compiler follows, so explain says what the kernel does.
-    if let Some(fc) = cluster.fails_closed(pod) {
-        return SideVerdict {
-            pod: Some(pod.object_name().to_string()),
-            allowed: false,
-            isolated: true,
-            isolated_by: fc.policies,
-            allowed_by: None,
-            denials: vec![],
-            reason: format!("{} fails closed: {}", pod.object_name(), fc.reason),
-        };
+    if !cluster.has_cluster_policies() {
+        // The same rule the compiler follows, so explain says what the kernel does.
+        if let Some(fc) = cluster.fails_closed(pod) {
+            let v = SideVerdict {
+                pod: Some(pod.object_name().to_string()),
+                allowed: false,
+                isolated: true,
+                isolated_by: fc.policies,
+                reason: format!("{} fails closed: {}", pod.object_name(), fc.reason),
+                ..Default::default()
+            };
+            return (v, vec![]);
+        }
+        return (np_side(cluster, dir, pod, other, fp), vec![]);
     }
+    let mut warnings = Vec::new();
+    let mut steps: Vec<String> = Vec::new();
+    let mut passed = Vec::new();
+    // Admin tier.
+    let admin = tiers::walk(cluster, Tier::Admin, pod, dir, other, fp);
+    warnings.extend(admin.warnings);
+    let mut verdict = None;
+    match admin.decision {
+        Some(d) if d.action != Action::Pass => {
+            steps.push(d.describe());
+            verdict = Some(cnp_verdict(pod, d));
+        }
+        Some(d) => {
+            steps.push(format!(
+                "Admin: Pass by {} {}",
+                d.policy,
+                rule_label(d.rule, d.rule_name.as_deref())
+            ));
+            passed.push(d);
+        }
+        None => steps.push(no_match("Admin", dir, admin.considered)),
+    }
+    // NetworkPolicy tier: decides only when the pod is isolated in this direction.
+    let verdict = verdict.unwrap_or_else(|| {
+        let np = np_side(cluster, dir, pod, other, fp);
+        if np.isolated {
+            steps.push(format!("NetworkPolicy: {}", np.reason));
+            return SideVerdict {
+                tier: Some("NetworkPolicy".into()),
+                ..np
+            };
+        }
+        steps.push(format!("NetworkPolicy: {}", np.reason));
+        // Baseline tier.
+        let baseline = tiers::walk(cluster, Tier::Baseline, pod, dir, other, fp);
+        warnings.extend(baseline.warnings);
+        match baseline.decision {
+            Some(d) if d.action != Action::Pass => {
+                steps.push(d.describe());
+                cnp_verdict(pod, d)
+            }
+            other_case => {
+                if let Some(d) = other_case {
+                    steps.push(format!(
+                        "Baseline: Pass by {} {}",
+                        d.policy,
+                        rule_label(d.rule, d.rule_name.as_deref())
+                    ));
+                    passed.push(d);
+                } else {
+                    steps.push(no_match("Baseline", dir, baseline.considered));
+                }
+                SideVerdict {
+                    tier: Some("Default".into()),
+                    ..np
+                }
+            }
+        }
+    });
+    let mut v = SideVerdict { passed, ..verdict };
+    v.reason = format!(
+        "{} -> {}",
+        steps.join(" -> "),
+        if v.allowed { "allowed" } else { "denied" }
+    );
+    // The same rule the compiler follows (CNP subjects and pods invalid policies may select),
+    // so explain says what the kernel does, and the API's verdict beside it.
+    if let Some(fc) = cluster.fails_closed(pod) {
+        v.api_allowed = Some(v.allowed);
+        v.allowed = false;
+        v.reason = format!(
+            "kernel: {} fails closed (all its {dir} traffic is dropped): {}; this verdict is what the kernel does. Per the API: {}",
+            pod.object_name(),
+            fc.reason,
+            v.reason
+        );
+        v.failed_closed_by = fc.policies;
+    }
+    (v, warnings)
+}
+
+fn rule_label(index: usize, name: Option<&str>) -> String {
+    match name {
+        Some(n) => format!("rule {index} '{n}'"),
+        None => format!("rule {index}"),
+    }
+}
+
+fn no_match(tier: &str, dir: Direction, considered: usize) -> String {
+    match considered {
+        0 => format!("{tier}: no {tier} policy with {dir} rules selects the pod"),
+        1 => format!("{tier}: no rule of the 1 selecting {tier} policy matches"),
+        n => format!("{tier}: no rule of the {n} selecting {tier} policies matches"),
+    }
+}
+
+/// The side decided by an Accept or Deny rule of a ClusterNetworkPolicy.
+fn cnp_verdict(pod: &Pod, d: TierDecision) -> SideVerdict {
+    SideVerdict {
+        pod: Some(pod.object_name().to_string()),
+        allowed: d.action == Action::Accept,
+        tier: Some(d.tier.to_string()),
+        decision: Some(d),
+        ..Default::default()
+    }
+}
+
+/// The NetworkPolicy tier of one side: a pod not isolated in `dir` is allowed.
+fn np_side(
+    cluster: &Cluster,
+    dir: Direction,
+    pod: &Pod,
+    other: &End,
+    fp: &FlowPort,
+) -> SideVerdict {
     let policies = cluster.isolating(pod, dir);
     let isolated_by: Vec<String> = policies
         .iter()
@@ -298,8 +436,6 @@ fn side(
             allowed: true,
             isolated: false,
             isolated_by,
-            allowed_by: None,
-            denials: vec![],
             reason: format!(
                 "{} is not isolated for {dir}: no policy selects it with policyType {}",
                 pod.object_name(),
@@ -309,6 +445,7 @@ fn side(
                     "Egress"
                 }
             ),
+            ..Default::default()
         };
     }
     let mut denials = Vec::new();
@@ -332,8 +469,8 @@ fn side(
                     isolated: true,
                     isolated_by,
                     allowed_by: Some(by),
-                    denials: vec![],
                     reason,
+                    ..Default::default()
                 };
             }
             Err(d) => denials.push(d),
@@ -355,8 +492,8 @@ fn side(
             other.label
         ),
         isolated_by,
-        allowed_by: None,
         denials,
+        ..Default::default()
     }
 }
 

@@ -17,6 +17,8 @@ pub const READ: &[(&str, &str)] = &[
     ("ReplicaSet", "apps/v1"),
     ("Job", "batch/v1"),
     ("CronJob", "batch/v1"),
+    // Also served as policy.networking.k8s.io/v1alpha2 (same schema): see `accepted_versions`.
+    ("ClusterNetworkPolicy", "policy.networking.k8s.io/v1beta1"),
 ];
 
 /// Every kind served in the groups sluice reads from (Kubernetes 1.34), besides `List` and
@@ -63,6 +65,14 @@ const GROUPS: &[(&str, &[&str])] = &[
     ),
     ("batch", &["CronJob", "Job"]),
     (
+        "policy.networking.k8s.io",
+        &[
+            "ClusterNetworkPolicy",
+            "AdminNetworkPolicy",
+            "BaselineAdminNetworkPolicy",
+        ],
+    ),
+    (
         "networking.k8s.io",
         &[
             "Ingress",
@@ -99,7 +109,15 @@ fn group_of(api_version: &str) -> &str {
 /// NetworkPolicy in `extensions/v1beta1` (no longer served) is a wrong apiVersion, never a
 /// different kind to ignore. Elsewhere (`crd.projectcalico.org/v1`) a same-named kind is
 /// another project's resource.
-const OWN_GROUPS: &[&str] = &["", "v1", "apps", "batch", "networking.k8s.io", "extensions"];
+const OWN_GROUPS: &[&str] = &[
+    "",
+    "v1",
+    "apps",
+    "batch",
+    "networking.k8s.io",
+    "extensions",
+    "policy.networking.k8s.io",
+];
 
 pub fn classify(kind: &str, api_version: &str) -> KindClass {
     if READ.iter().any(|(k, _)| *k == kind) {
@@ -150,6 +168,14 @@ pub fn expected_api_version(kind: &str) -> Option<&'static str> {
     READ.iter().find(|(k, _)| *k == kind).map(|(_, v)| *v)
 }
 
+/// Every apiVersion that serves `kind` (ClusterNetworkPolicy has two, one schema).
+pub fn accepted_versions(kind: &str) -> Vec<&'static str> {
+    if kind == super::cnp::KIND {
+        return super::cnp::API_VERSIONS.to_vec();
+    }
+    expected_api_version(kind).into_iter().collect()
+}
+
 /// Lower case without separators, so `Network-Policy` and `network_policy` are caught too.
 fn squash(s: &str) -> String {
     s.chars()
@@ -194,13 +220,27 @@ mod tests {
             assert_eq!(classify("NetworkPolicy", api), KindClass::Read, "{api}");
         }
         assert_eq!(classify("PodList", "v1"), KindClass::List);
+        for api in [
+            "policy.networking.k8s.io/v1beta1",
+            "policy.networking.k8s.io/v1alpha2",
+        ] {
+            assert_eq!(
+                classify("ClusterNetworkPolicy", api),
+                KindClass::Read,
+                "{api}"
+            );
+        }
+        assert!(matches!(
+            classify("ClusterNetworkpolicy", "policy.networking.k8s.io/v1beta1"),
+            KindClass::Unknown(_)
+        ));
         for (kind, api) in [
             ("Service", "v1"),
             ("ConfigMap", "v1"),
             ("Ingress", "networking.k8s.io/v1"),
             ("ControllerRevision", "apps/v1"),
             ("CiliumNetworkPolicy", "cilium.io/v2"),
-            ("ClusterNetworkPolicy", "policy.networking.k8s.io/v1alpha2"),
+            ("AdminNetworkPolicy", "policy.networking.k8s.io/v1alpha1"),
             ("HorizontalPodAutoscaler", "autoscaling/v2"),
             ("NetworkPolicy", "crd.projectcalico.org/v1"),
             ("NetworkPolicy", "projectcalico.org/v3"),

@@ -84,6 +84,10 @@ pub struct Matrix {
     egress: Vec<Vec<Vec<Option<Bits>>>>,
     ingress: Vec<Vec<Vec<Option<Bits>>>>,
     pub group_count: usize,
+    /// Per pod: the policies that make it fail closed (ClusterNetworkPolicies selecting it,
+    /// which the dataplanes do not enforce yet, and invalid policies that may select it):
+    /// every cell from or to it (but loopback) is denied, as in [`super::evaluate`].
+    pub failed_closed: Vec<Vec<String>>,
 }
 
 impl Matrix {
@@ -97,6 +101,9 @@ impl Matrix {
     pub fn allowed(&self, from: usize, to: usize, col: usize) -> bool {
         if from == to {
             return true; // loopback is never filtered
+        }
+        if !self.failed_closed[from].is_empty() || !self.failed_closed[to].is_empty() {
+            return false;
         }
         let (s, d) = (self.group_of[from], self.group_of[to]);
         let fam = self.pair_family[self.class_of[s] as usize][self.class_of[d] as usize];
@@ -190,6 +197,15 @@ pub fn compute(cluster: &Cluster, columns: &[PortProto]) -> Matrix {
         egress,
         ingress,
         group_count: n,
+        failed_closed: pods
+            .iter()
+            .map(|p| {
+                cluster
+                    .fails_closed(p)
+                    .map(|f| f.policies)
+                    .unwrap_or_default()
+            })
+            .collect(),
     }
 }
 
@@ -527,8 +543,15 @@ mod tests {
             prop::collection::vec(rule.clone(), 0..3),
             prop::collection::vec(rule, 0..3),
         );
-        (prop::collection::vec(pod, 1..7), prop::collection::vec(policy, 0..4), any::<bool>()).prop_map(
-            |(pods, policies, team)| {
+        // A ClusterNetworkPolicy subject (or none): its pods fail closed in the kernel, and
+        // the table must say so exactly as the oracle does.
+        let cnp_subject = prop::sample::select(vec![
+            "",
+            "{pods: {podSelector: {matchLabels: {app: a}}}}",
+            "{namespaces: {matchLabels: {team: t}}}",
+        ]);
+        (prop::collection::vec(pod, 1..7), prop::collection::vec(policy, 0..4), any::<bool>(), cnp_subject).prop_map(
+            |(pods, policies, team, subject)| {
                 let mut s = String::new();
                 s += &format!(
                     "---\nkind: Namespace\napiVersion: v1\nmetadata: {{name: y, labels: {{team: {}}}}}\n",
@@ -552,6 +575,11 @@ mod tests {
                         "---\nkind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {{name: n{i}, namespace: {ns}}}\nspec: {{podSelector: {sel}, {types} ingress: {}, egress: {}}}\n",
                         rules(ing, "from"),
                         rules(eg, "to")
+                    );
+                }
+                if !subject.is_empty() {
+                    s += &format!(
+                        "---\nkind: ClusterNetworkPolicy\napiVersion: policy.networking.k8s.io/v1beta1\nmetadata: {{name: c}}\nspec: {{tier: Admin, priority: 1, subject: {subject}, ingress: [{{action: Accept, from: [{{namespaces: {{}}}}]}}]}}\n"
                     );
                 }
                 s

@@ -4,6 +4,7 @@
 //! methods of [`Cluster`] (watchers); [`evaluate::evaluate`] answers "can A reach B, and why",
 //! and [`matrix`] answers it for every pair at once.
 
+pub mod cnp;
 pub mod evaluate;
 pub mod fields;
 pub mod ipblock;
@@ -16,7 +17,10 @@ pub mod objects;
 pub mod parse;
 pub mod pods;
 pub mod ports;
+pub mod tiers;
 
+#[cfg(test)]
+mod cnp_semantics_tests;
 #[cfg(test)]
 mod semantics_tests;
 

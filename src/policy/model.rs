@@ -9,6 +9,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
+use super::cnp::{ClusterPolicy, Subject};
 use super::ipblock::IpBlock;
 use super::labels::{Labels, Selector};
 use super::ports::{ContainerPort, PortRule, Protocol};
@@ -266,6 +267,11 @@ pub struct Cluster {
     /// Namespaces that pods or policies use but no Namespace object declares (lint reports
     /// policies in them: the API server refuses objects in a namespace that does not exist).
     pub undeclared_namespaces: std::collections::BTreeSet<String>,
+    /// ClusterNetworkPolicies (cluster-scoped), by name.
+    pub cluster_policies: BTreeMap<String, ClusterPolicy>,
+    /// Invalid ClusterNetworkPolicies, with their subject when it alone is valid (None: every
+    /// pod may be a subject). Their subjects fail closed like every CNP subject.
+    pub invalid_cluster_policies: BTreeMap<String, Option<Subject>>,
 }
 
 impl Cluster {
@@ -374,22 +380,38 @@ impl Cluster {
                     && inv.selector.as_ref().is_none_or(|s| s.matches(&pod.labels))
             })
             .collect();
-        if hits.is_empty() {
+        // ClusterNetworkPolicy subjects: the dataplanes do not enforce CNPs yet.
+        let cnps = self.cnp_fail_closed_for(pod);
+        if hits.is_empty() && cnps.is_empty() {
             return None;
         }
-        let why: Vec<String> = hits
-            .iter()
-            .map(|(n, inv)| format!("policy {n} is invalid ({})", inv.what()))
-            .collect();
-        let many = hits.len() > 1;
-        Some(FailClosed {
-            policies: hits.iter().map(|(n, _)| n.to_string()).collect(),
-            reason: format!(
+        let mut reasons = Vec::new();
+        if !hits.is_empty() {
+            let why: Vec<String> = hits
+                .iter()
+                .map(|(n, inv)| format!("policy {n} is invalid ({})", inv.what()))
+                .collect();
+            let many = hits.len() > 1;
+            reasons.push(format!(
                 "{}, so pods {} may select fail closed until {} fixed",
                 why.join("; "),
                 if many { "they" } else { "it" },
                 if many { "they are" } else { "it is" },
-            ),
+            ));
+        }
+        if !cnps.is_empty() {
+            reasons.push(format!(
+                "it is selected by {} (ClusterNetworkPolicy), which sluice's dataplanes do not enforce yet, so it fails closed until they do",
+                cnps.join(", ")
+            ));
+        }
+        Some(FailClosed {
+            policies: hits
+                .iter()
+                .map(|(n, _)| n.to_string())
+                .chain(cnps)
+                .collect(),
+            reason: reasons.join("; "),
         })
     }
 
@@ -402,5 +424,46 @@ impl Cluster {
                 .insert(ns.to_string(), Namespace::new(ns, Labels::new()));
             self.undeclared_namespaces.insert(ns.to_string());
         }
+    }
+
+    /// Whether any ClusterNetworkPolicy (valid or not) was read.
+    pub fn has_cluster_policies(&self) -> bool {
+        !self.cluster_policies.is_empty() || !self.invalid_cluster_policies.is_empty()
+    }
+
+    pub fn upsert_cluster_policy(&mut self, policy: ClusterPolicy) {
+        self.invalid_cluster_policies.remove(&policy.name);
+        self.cluster_policies.insert(policy.name.clone(), policy);
+    }
+
+    pub fn remove_cluster_policy(&mut self, name: &str) -> Option<ClusterPolicy> {
+        self.invalid_cluster_policies.remove(name);
+        self.cluster_policies.remove(name)
+    }
+
+    /// Records a ClusterNetworkPolicy that failed validation (see `invalid_cluster_policies`).
+    pub fn mark_cluster_policy_invalid(&mut self, name: String, subject: Option<Subject>) {
+        self.cluster_policies.remove(&name);
+        self.invalid_cluster_policies.insert(name, subject);
+    }
+
+    /// ClusterNetworkPolicies (valid, or invalid with a subject that may select it) whose
+    /// subject selects `pod`, as `cnp/<name>`. The dataplanes do not enforce CNPs yet, so these
+    /// pods fail closed in the kernel (both directions). Host-network pods are never subjects.
+    pub fn cnp_fail_closed_for(&self, pod: &Pod) -> Vec<String> {
+        if pod.host_network {
+            return vec![];
+        }
+        let valid = self
+            .cluster_policies
+            .values()
+            .filter(|p| p.subject.selects(self, pod))
+            .map(|p| super::cnp::label(&p.name));
+        let invalid = self
+            .invalid_cluster_policies
+            .iter()
+            .filter(|(_, s)| s.as_ref().is_none_or(|s| s.selects(self, pod)))
+            .map(|(n, _)| format!("{} (invalid)", super::cnp::label(n)));
+        valid.chain(invalid).collect()
     }
 }

@@ -21,8 +21,9 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::Value;
 
+use super::cnp::{self, ClusterPolicy, Subject};
 use super::fields::{decode, unknown_fields, unknown_keys, TypeError};
-use super::kinds::{classify, expected_api_version, KindClass};
+use super::kinds::{accepted_versions, classify, expected_api_version, KindClass};
 use super::labels::Selector;
 use super::model::{Cluster, InvalidPolicy, Namespace, ObjectName, Pod, Policy, Problem};
 use super::networkpolicy;
@@ -40,6 +41,7 @@ pub struct LoadSummary {
     pub pods: usize,
     pub workloads: usize,
     pub policies: usize,
+    pub cluster_policies: usize,
     /// Kinds that sluice does not use, with how many of each.
     pub ignored: BTreeMap<String, usize>,
     pub invalid: usize,
@@ -55,6 +57,12 @@ impl LoadSummary {
             "read {} namespaces, {} pods, {} workloads, {} network policies",
             self.namespaces, self.pods, self.workloads, self.policies
         );
+        if self.cluster_policies > 0 {
+            s.push_str(&format!(
+                ", {} cluster network policies",
+                self.cluster_policies
+            ));
+        }
         if self.invalid > 0 {
             s.push_str(&format!(", {} invalid objects left out", self.invalid));
         }
@@ -109,6 +117,8 @@ pub struct ClusterBuilder {
     pods: BTreeMap<ObjectName, (Pod, Place, bool)>,
     policies: BTreeMap<ObjectName, Policy>,
     invalid_policies: BTreeMap<ObjectName, InvalidPolicy>,
+    cluster_policies: BTreeMap<String, ClusterPolicy>,
+    invalid_cluster_policies: BTreeMap<String, Option<Subject>>,
     /// Non-empty documents seen, valid or not.
     documents: usize,
 }
@@ -275,15 +285,17 @@ impl ClusterBuilder {
 
     fn add_object(&mut self, place: &Place, kind: &str, api_version: &str, doc: Value) {
         let (ns, name) = object_id(&doc);
-        let object = if kind == "Namespace" {
-            format!("Namespace {name}")
+        let cluster_scoped = kind == "Namespace" || kind == cnp::KIND;
+        let object = if cluster_scoped {
+            format!("{kind} {name}")
         } else {
             format!("{kind} {ns}/{name}")
         };
-        let ns_key = if kind == "Namespace" { "" } else { ns.as_str() };
+        let ns_key = if cluster_scoped { "" } else { ns.as_str() };
         self.note_place(kind, ns_key, &name, place);
         let expected = expected_api_version(kind).unwrap_or("");
-        let version_problem = (api_version != expected).then(|| Problem {
+        let served = accepted_versions(kind).contains(&api_version);
+        let version_problem = (!served).then(|| Problem {
             object: object.clone(),
             field: "apiVersion".into(),
             message: if api_version.is_empty() {
@@ -301,6 +313,7 @@ impl ClusterBuilder {
             "Namespace" => self.add_namespace(object, doc, version_problem),
             "Pod" => self.add_pod(object, place, doc, version_problem),
             "NetworkPolicy" => self.add_policy(object, doc, version_problem),
+            cnp::KIND => self.add_cluster_policy(object, doc, version_problem),
             _ => self.add_workload(object, place, kind, doc, version_problem),
         }
     }
@@ -501,6 +514,51 @@ impl ClusterBuilder {
         }
     }
 
+    fn add_cluster_policy(&mut self, object: String, doc: Value, version: Option<Problem>) {
+        let (_, name) = object_id(&doc);
+        self.cluster_policies.remove(&name);
+        let raw: cnp::RawCnp = match decode::<cnp::RawCnp>(doc.clone()) {
+            Ok(r) => r,
+            Err(TypeError { field, message }) => {
+                // Unreadable: its subject alone may still say which pods it applies to;
+                // otherwise every pod may be a subject and fails closed.
+                let subject = decode::<cnp::RawCnp>(serde_json::json!({
+                    "metadata": {"name": name},
+                    "spec": {"tier": "Admin", "priority": 0, "subject": doc["spec"]["subject"].clone()}
+                }))
+                .ok()
+                .and_then(|r| cnp::convert(&r, &[]).subject);
+                self.invalid_cluster_policies.insert(name, subject);
+                return self.invalid(vec![Problem {
+                    object,
+                    field,
+                    message: format!("cannot be read: {message}"),
+                }]);
+            }
+        };
+        let unknown = unknown_fields(&doc, &raw);
+        for field in &unknown {
+            self.summary.unknown_fields.push(Problem {
+                object: object.clone(),
+                field: field.clone(),
+                message: "unknown field".into(),
+            });
+        }
+        let converted = cnp::convert(&raw, &unknown);
+        self.cluster.warnings.extend(converted.warnings);
+        match (converted.policy, version) {
+            (Ok(p), None) => {
+                self.invalid_cluster_policies.remove(&name);
+                self.cluster_policies.insert(name, p);
+            }
+            (result, version) => {
+                self.invalid_cluster_policies
+                    .insert(name, converted.subject);
+                self.invalid(merge(version, result.err()));
+            }
+        }
+    }
+
     /// Finishes the snapshot: namespaces first, so pods and policies find them declared.
     /// Refusals are in `summary.refused`; [`ClusterBuilder::finish`] turns them into an error.
     pub fn build(mut self) -> (Cluster, LoadSummary) {
@@ -521,6 +579,13 @@ impl ClusterBuilder {
         }
         for (name, invalid) in std::mem::take(&mut self.invalid_policies) {
             self.cluster.mark_policy_invalid(name, invalid);
+        }
+        self.summary.cluster_policies = self.cluster_policies.len();
+        for (_, p) in std::mem::take(&mut self.cluster_policies) {
+            self.cluster.upsert_cluster_policy(p);
+        }
+        for (name, subject) in std::mem::take(&mut self.invalid_cluster_policies) {
+            self.cluster.mark_cluster_policy_invalid(name, subject);
         }
         self.cluster.warnings.sort();
         self.cluster.warnings.dedup();

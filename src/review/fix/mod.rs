@@ -445,6 +445,18 @@ pub fn propose(cluster: &Cluster, flow: &Flow, goal: Goal) -> Result<Option<Fix>
     }
     let (from_pod, from_ip) = resolve(cluster, &flow.from)?;
     let (to_pod, to_ip) = resolve(cluster, &flow.to)?;
+    // A pod selected by a ClusterNetworkPolicy fails closed in the kernel until the dataplanes
+    // enforce CNPs, and no NetworkPolicy edit changes that: say so rather than propose one.
+    for pod in [from_pod, to_pod].into_iter().flatten() {
+        let by = cluster.cnp_fail_closed_for(pod);
+        if !by.is_empty() {
+            return Err(format!(
+                "cannot propose a fix: {} is selected by ClusterNetworkPolicy {}, which sluice's dataplanes do not enforce yet, so the pod fails closed whatever the NetworkPolicies say; --fix does not reason about ClusterNetworkPolicies yet (change or remove the ClusterNetworkPolicy by hand)",
+                pod.object_name(),
+                by.join(", ")
+            ));
+        }
+    }
     if goal == Goal::Allow {
         // The dataplane drops everything of such a pod: no policy edit can help.
         for p in [from_pod, to_pod].into_iter().flatten() {

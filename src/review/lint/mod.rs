@@ -2,12 +2,12 @@
 //! author meant, each with a stable code, a severity, the object and field, and a one-line fix.
 //!
 //! Every check is one entry of [`CHECKS`]: a code, a severity and a function of the snapshot.
-//! A new check (e.g. same-priority ClusterNetworkPolicies with overlapping subjects, once that
-//! kind is modelled) is one more function and one more entry; codes never change meaning.
+//! A new check is one more function and one more entry; codes never change meaning.
 //! Findings are judged against the snapshot: "selects no pod" means no pod in these manifests
 //! (or this cluster) matches.
 
 mod addresses;
+mod cnp;
 mod isolation;
 mod selection;
 mod shadow;
@@ -130,6 +130,12 @@ pub const CHECKS: &[Check] = &[
         severity: Severity::Warning,
         summary: "an ipBlock (other than /0) containing pod addresses: it matches those pods too",
         run: addresses::ipblock_covers_pods,
+    },
+    Check {
+        code: "cnp-same-priority-overlap",
+        severity: Severity::Warning,
+        summary: "ClusterNetworkPolicies of one tier and priority whose subjects overlap (their order is implementation-defined)",
+        run: cnp::same_priority_overlap,
     },
 ];
 
