@@ -23,6 +23,7 @@ use serde_json::Value;
 
 use super::labels::{validate_dns_subdomain, Selector};
 use super::model::{Cluster, Pod, Problem};
+use super::networkpolicy::Checker;
 use super::ports::{validate_port_name, Protocol};
 
 /// The apiVersions that serve ClusterNetworkPolicy (same schema).
@@ -334,33 +335,7 @@ pub fn label(name: &str) -> String {
 // ---------------------------------------------------------------------------------------
 // Validation.
 
-struct Checker {
-    object: String,
-    problems: Vec<Problem>,
-    warnings: Vec<String>,
-}
-
 impl Checker {
-    fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(Problem {
-            object: self.object.clone(),
-            field: field.into(),
-            message: message.into(),
-        });
-    }
-
-    fn selector(&mut self, field: &str, sel: &LabelSelector) -> Selector {
-        match Selector::from_k8s(sel) {
-            Ok(s) => s,
-            Err(errs) => {
-                for (f, m) in errs {
-                    self.error(format!("{field}.{f}"), m);
-                }
-                Selector::everything()
-            }
-        }
-    }
-
     fn max_items(&mut self, field: &str, n: usize) {
         if n > MAX_ITEMS {
             self.error(

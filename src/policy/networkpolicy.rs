@@ -13,15 +13,16 @@ use super::labels::{validate_dns_label, validate_dns_subdomain, Selector};
 use super::model::{NamespaceScope, Peer, Policy, Problem, Rule};
 use super::ports::{validate_port_name, validate_port_number, PortRef, PortRule, Protocol};
 
-/// Collects problems with their field paths while a policy is converted.
-struct Checker {
-    object: String,
-    problems: Vec<Problem>,
-    warnings: Vec<String>,
+/// Collects problems with their field paths while a policy is converted (NetworkPolicy here,
+/// ClusterNetworkPolicy in `cnp.rs`, which adds its own checks in an `impl` of its own).
+pub(super) struct Checker {
+    pub(super) object: String,
+    pub(super) problems: Vec<Problem>,
+    pub(super) warnings: Vec<String>,
 }
 
 impl Checker {
-    fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.problems.push(Problem {
             object: self.object.clone(),
             field: field.into(),
@@ -29,7 +30,7 @@ impl Checker {
         });
     }
 
-    fn selector(&mut self, field: &str, sel: &LabelSelector) -> Selector {
+    pub(super) fn selector(&mut self, field: &str, sel: &LabelSelector) -> Selector {
         match Selector::from_k8s(sel) {
             Ok(s) => s,
             Err(errs) => {
