@@ -1,12 +1,15 @@
 //! Which pods a peer selects, fast: an inverted index from labels to pods, so a selector with
 //! a `key=value` (or `key in (...)`) requirement looks at the pods carrying that label instead
-//! of every pod in the cluster. Results are cached per distinct peer.
+//! of every pod in the cluster. Results are cached per distinct peer. The index is a fast path:
+//! every candidate is decided by the predicates of [`crate::policy::clause`] (a property test
+//! holds the result equal to filtering every pod with `clause::pod_peer_selects`).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::rc::Rc;
 
+use crate::policy::clause;
 use crate::policy::labels::{Operator, Selector};
 use crate::policy::model::{Cluster, NamespaceScope, Pod};
 
@@ -62,9 +65,9 @@ impl<'a> PodIndex<'a> {
         let v: Vec<String> = self
             .cluster
             .namespaces
-            .values()
-            .filter(|n| sel.matches(&n.labels))
-            .map(|n| n.name.clone())
+            .keys()
+            .filter(|n| clause::namespace_selector_selects(self.cluster, sel, n))
+            .cloned()
             .collect();
         self.namespaces_of
             .borrow_mut()
@@ -87,8 +90,11 @@ impl<'a> PodIndex<'a> {
             NamespaceScope::PolicyNamespace => vec![policy_ns.to_string()],
             NamespaceScope::Selected(sel) => self.namespaces(sel),
         };
-        let all_namespaces = namespaces.len() == self.cluster.namespaces.len();
-        let ns_ok = |p: &Pod| all_namespaces || namespaces.contains(&p.namespace);
+        // Every namespace pods are in (a pod may outlive its Namespace object in a watched
+        // cluster: no namespaceSelector selects it then).
+        let wanted: HashSet<&str> = namespaces.iter().map(String::as_str).collect();
+        let all_namespaces = self.by_namespace.keys().all(|n| wanted.contains(n));
+        let ns_ok = |p: &Pod| all_namespaces || wanted.contains(p.namespace.as_str());
         // The most selective In requirement, if any, narrows the candidates.
         let postings = pods
             .requirements
@@ -116,14 +122,14 @@ impl<'a> PodIndex<'a> {
                 .into_iter()
                 .filter(|&i| {
                     let p = self.pod(i);
-                    ns_ok(p) && pods.matches(&p.labels)
+                    ns_ok(p) && clause::peer_pod_selector_selects(pods, p)
                 })
                 .collect(),
             None => namespaces
                 .iter()
                 .flat_map(|n| self.by_namespace.get(n.as_str()).into_iter().flatten())
                 .copied()
-                .filter(|&i| pods.matches(&self.pod(i).labels))
+                .filter(|&i| clause::peer_pod_selector_selects(pods, self.pod(i)))
                 .collect(),
         };
         out.sort_unstable();

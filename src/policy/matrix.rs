@@ -3,12 +3,14 @@
 //! Pods that no selector, ipBlock or named port can tell apart (same namespace, labels,
 //! ports, host-network flag and ipBlock memberships) form one group, and the table is
 //! computed between groups with bitsets: cost follows distinct groups, not pods.
-//! It computes the same relation as [`super::evaluate`]; a property test holds them equal.
+//! It computes the same relation as [`super::evaluate`], deciding each clause with the
+//! predicates of [`super::clause`] on group representatives; property tests hold the table
+//! equal to the oracle and the bitsets equal to the predicates.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
-use super::evaluate::match_ports_on;
+use super::clause;
 use super::ipblock::IpBlock;
 use super::labels::Selector;
 use super::model::{Cluster, Direction, NamespaceScope, ObjectName, Peer, Pod, Policy};
@@ -295,7 +297,7 @@ impl<'a> Ctx<'a> {
             .map(|gs| {
                 gs.iter()
                     .copied()
-                    .filter(|&g| policy.selects(self.reps[g]))
+                    .filter(|&g| clause::policy_selects(policy, self.reps[g]))
                     .collect()
             })
             .unwrap_or_default()
@@ -331,7 +333,8 @@ impl<'a> PeerCache<'a> {
                 }
                 let mut b = Bits::new(n);
                 for (g, p) in self.ctx.reps.iter().enumerate() {
-                    if address(p, self.family).is_some_and(|ip| block.contains(ip)) {
+                    if address(p, self.family).is_some_and(|ip| clause::ip_block_selects(block, ip))
+                    {
                         b.set(g);
                     }
                 }
@@ -348,21 +351,15 @@ impl<'a> PeerCache<'a> {
                     return b.clone();
                 }
                 let mut b = Bits::new(n);
+                // The namespace half once per namespace, the pod half per group: together
+                // `clause::pod_peer_selects`.
                 for (ns, groups) in &self.ctx.by_namespace {
-                    let ns_ok = match namespaces {
-                        NamespaceScope::PolicyNamespace => *ns == policy_ns,
-                        NamespaceScope::Selected(sel) => self
-                            .ctx
-                            .cluster
-                            .namespace_labels(ns)
-                            .is_some_and(|l| sel.matches(l)),
-                    };
-                    if !ns_ok {
+                    if !clause::peer_namespace_selects(self.ctx.cluster, policy_ns, namespaces, ns)
+                    {
                         continue;
                     }
                     for &g in groups {
-                        let p = self.ctx.reps[g];
-                        if !p.host_network && pods.matches(&p.labels) {
+                        if clause::peer_pod_selector_selects(pods, self.ctx.reps[g]) {
                             b.set(g);
                         }
                     }
@@ -446,8 +443,13 @@ fn side(
                         let hits: Vec<bool> = rules
                             .iter()
                             .map(|r| {
-                                match_ports_on(&r.ports, col.port, col.protocol, Some(ctx.reps[g]))
-                                    .is_ok()
+                                clause::rule_port(
+                                    &r.ports,
+                                    col.protocol,
+                                    col.port,
+                                    Some(ctx.reps[g]),
+                                )
+                                .is_ok()
                             })
                             .collect();
                         let allowed = cache.entry(hits).or_insert_with_key(|hits| {
@@ -468,14 +470,14 @@ fn side(
                     let mut allowed = Bits::new(n);
                     for (r, rule) in rules.iter().enumerate() {
                         let numeric_hit =
-                            match_ports_on(&rule.ports, col.port, col.protocol, None).is_ok();
+                            clause::rule_port(&rule.ports, col.protocol, col.port, None).is_ok();
                         if numeric_hit {
                             allowed.or(&rule_peers[r]);
                             continue;
                         }
                         for (d, p) in ctx.reps.iter().enumerate() {
                             if rule_peers[r].get(d)
-                                && match_ports_on(&rule.ports, col.port, col.protocol, Some(p))
+                                && clause::rule_port(&rule.ports, col.protocol, col.port, Some(p))
                                     .is_ok()
                             {
                                 allowed.set(d);

@@ -4,6 +4,7 @@
 //! methods of [`Cluster`] (watchers); [`evaluate::evaluate`] answers "can A reach B, and why",
 //! and [`matrix`] answers it for every pair at once.
 
+pub mod clause;
 pub mod cnp;
 pub mod evaluate;
 pub mod fields;
@@ -13,11 +14,13 @@ pub mod labels;
 pub mod matrix;
 pub mod model;
 pub mod networkpolicy;
+mod np_tier;
 pub mod objects;
 pub mod parse;
 pub mod pods;
 pub mod ports;
 pub mod tiers;
+pub mod verdict;
 
 #[cfg(test)]
 mod cnp_semantics_tests;

@@ -179,16 +179,16 @@ impl Policy {
         }
     }
 
-    /// Whether this policy isolates `pod` in `dir` (selects it and has that policy type).
+    /// Whether this policy isolates `pod` in `dir` (selects it and has that policy type):
+    /// [`super::clause::policy_isolates`].
     pub fn isolates(&self, pod: &Pod, dir: Direction) -> bool {
-        self.rules(dir).is_some() && self.selects(pod)
+        super::clause::policy_isolates(self, pod, dir)
     }
 
-    /// Whether this policy's podSelector selects `pod`. Host-network pods are never selected.
+    /// Whether this policy's podSelector selects `pod`. Host-network pods are never selected:
+    /// [`super::clause::policy_selects`].
     pub fn selects(&self, pod: &Pod) -> bool {
-        !pod.host_network
-            && pod.namespace == self.namespace
-            && self.pod_selector.matches(&pod.labels)
+        super::clause::policy_selects(self, pod)
     }
 }
 
@@ -305,7 +305,8 @@ impl Cluster {
             .collect()
     }
 
-    /// Whether a pod peer of a policy in `policy_ns` matches `pod`.
+    /// Whether a pod peer of a policy in `policy_ns` matches `pod`:
+    /// [`super::clause::pod_peer_selects`].
     pub fn pod_peer_matches(
         &self,
         policy_ns: &str,
@@ -313,16 +314,7 @@ impl Cluster {
         pods: &Selector,
         pod: &Pod,
     ) -> bool {
-        if pod.host_network {
-            return false;
-        }
-        let ns_ok = match namespaces {
-            NamespaceScope::PolicyNamespace => pod.namespace == policy_ns,
-            NamespaceScope::Selected(sel) => self
-                .namespace_labels(&pod.namespace)
-                .is_some_and(|l| sel.matches(l)),
-        };
-        ns_ok && pods.matches(&pod.labels)
+        super::clause::pod_peer_selects(self, policy_ns, namespaces, pods, pod)
     }
 
     /// Adds or replaces a namespace, making sure it carries its name label.

@@ -8,9 +8,10 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::clause;
 use super::ipblock::{check_except, parse_cidr, IpBlock};
 use super::labels::{validate_dns_label, validate_dns_subdomain, Selector};
-use super::model::{NamespaceScope, Peer, Policy, Problem, Rule};
+use super::model::{Direction, NamespaceScope, Peer, Policy, Problem, Rule};
 use super::ports::{validate_port_name, validate_port_number, PortRef, PortRule, Protocol};
 
 /// Collects problems with their field paths while a policy is converted (NetworkPolicy here,
@@ -98,24 +99,18 @@ pub fn convert(np: &NetworkPolicy, default_namespace: &str) -> Converted {
         .collect();
 
     // Defaulting as the API server does it: Ingress always, Egress when egress rules exist.
-    let (has_ingress, has_egress) = match &spec.policy_types {
-        Some(types) if !types.is_empty() => {
-            let mut ing = false;
-            let mut eg = false;
-            for (i, t) in types.iter().enumerate() {
-                match t.as_str() {
-                    "Ingress" => ing = true,
-                    "Egress" => eg = true,
-                    other => c.error(
-                        format!("spec.policyTypes[{i}]"),
-                        format!("unknown policy type {other:?}: use Ingress or Egress"),
-                    ),
-                }
-            }
-            (ing, eg)
+    for (i, t) in spec.policy_types.iter().flatten().enumerate() {
+        if t != "Ingress" && t != "Egress" {
+            c.error(
+                format!("spec.policyTypes[{i}]"),
+                format!("unknown policy type {t:?}: use Ingress or Egress"),
+            );
         }
-        _ => (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty())),
-    };
+    }
+    let has_egress_rules = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
+    let applies =
+        |dir| clause::policy_types_include(spec.policy_types.as_deref(), has_egress_rules, dir);
+    let (has_ingress, has_egress) = (applies(Direction::Ingress), applies(Direction::Egress));
     if !has_ingress && !ingress_rules.is_empty() {
         c.warnings.push(format!(
             "{}: has ingress rules but policyTypes leaves out Ingress, so they are ignored",

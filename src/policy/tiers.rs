@@ -12,8 +12,10 @@
 
 use serde::Serialize;
 
+use super::clause;
 use super::cnp::{networks_contain, Action, ClusterPolicy, CnpPeer, CnpPort, CnpRule, Tier};
 use super::evaluate::{End, FlowPort};
+use super::labels::Selector;
 use super::model::{Cluster, Direction, Pod};
 
 /// The rule of a ClusterNetworkPolicy that matched a side.
@@ -167,20 +169,17 @@ fn rule_matches(
     Some((rule.action, reason))
 }
 
+/// The selector halves are the NetworkPolicy peer's ([`clause`]): a `namespaces` peer is a
+/// pod peer with an empty podSelector.
 fn peer_matches(cluster: &Cluster, peer: &CnpPeer, other: &End) -> bool {
     match peer {
         CnpPeer::Namespaces(sel) => other.pod.is_some_and(|p| {
-            !p.host_network
-                && cluster
-                    .namespace_labels(&p.namespace)
-                    .is_some_and(|l| sel.matches(l))
+            clause::peer_pod_selector_selects(&Selector::everything(), p)
+                && clause::namespace_selector_selects(cluster, sel, &p.namespace)
         }),
         CnpPeer::Pods { namespaces, pods } => other.pod.is_some_and(|p| {
-            !p.host_network
-                && cluster
-                    .namespace_labels(&p.namespace)
-                    .is_some_and(|l| namespaces.matches(l))
-                && pods.matches(&p.labels)
+            clause::peer_pod_selector_selects(pods, p)
+                && clause::namespace_selector_selects(cluster, namespaces, &p.namespace)
         }),
         CnpPeer::Networks(nets) => other.ip.is_some_and(|ip| networks_contain(nets, ip)),
     }

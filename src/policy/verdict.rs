@@ -1,0 +1,158 @@
+//! What the oracle answers: the flow asked about, and the verdict of each side with the
+//! clause that decided it. Built by [`super::evaluate`].
+
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use super::model::ObjectName;
+use super::ports::{PortRef, Protocol};
+use super::tiers::TierDecision;
+
+/// One end of a flow as the user names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Pod(ObjectName),
+    Ip(IpAddr),
+}
+
+impl Endpoint {
+    /// `ns/name` (or a bare pod name in `default`), or an IP address.
+    pub fn parse(s: &str) -> Endpoint {
+        match s.parse::<IpAddr>() {
+            Ok(ip) => Endpoint::Ip(ip),
+            Err(_) => Endpoint::Pod(ObjectName::parse(s)),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Flow {
+    pub from: Endpoint,
+    pub to: Endpoint,
+    /// A number, or the name of a port declared by the destination pod.
+    pub port: PortRef,
+    pub protocol: Protocol,
+}
+
+/// Which clause allowed a side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AllowedBy {
+    pub policy: String,
+    pub rule: usize,
+    /// None when the rule has no peers (all peers).
+    pub peer: Option<usize>,
+    /// None when the rule has no ports (all ports).
+    pub port: Option<usize>,
+}
+
+/// Why one isolating policy did not allow: its closest rule and the clause that failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Denial {
+    pub policy: String,
+    /// None when the policy has no rules in this direction.
+    pub rule: Option<usize>,
+    pub reason: String,
+}
+
+/// The verdict of one side (egress of the source, or ingress of the destination).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SideVerdict {
+    /// The pod whose policies decide this side; None for an address outside the snapshot.
+    pub pod: Option<String>,
+    pub allowed: bool,
+    pub isolated: bool,
+    /// Policies that select the pod for this direction, in name order.
+    pub isolated_by: Vec<String>,
+    pub allowed_by: Option<AllowedBy>,
+    pub denials: Vec<Denial>,
+    /// One sentence for people.
+    pub reason: String,
+    /// With ClusterNetworkPolicies in the snapshot: the tier that decided this side per the
+    /// API (`Admin`, `NetworkPolicy`, `Baseline`, or `Default` when none did).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    /// The ClusterNetworkPolicy rule that decided (Admin or Baseline tier).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<TierDecision>,
+    /// Pass rules that sent the evaluation on to the next tier.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub passed: Vec<TierDecision>,
+    /// The API's verdict for this side, when the kernel's (`allowed`) differs from it because
+    /// the pod fails closed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_allowed: Option<bool>,
+    /// ClusterNetworkPolicies selecting the pod: the dataplanes do not enforce CNPs yet, so
+    /// the pod fails closed in the kernel and `allowed` is false.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed_closed_by: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Verdict {
+    pub allowed: bool,
+    pub from: String,
+    pub to: String,
+    pub port: u16,
+    /// The name the user asked for, when the port was given by name.
+    pub port_name: Option<String>,
+    pub protocol: Protocol,
+    pub egress: SideVerdict,
+    pub ingress: SideVerdict,
+    pub warnings: Vec<String>,
+}
+
+impl fmt::Display for SideVerdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{}: {}",
+            if self.allowed { "allowed" } else { "denied" },
+            self.reason
+        )?;
+        for d in &self.denials {
+            match d.rule {
+                Some(r) => writeln!(f, "    {} rule {r}: {}", d.policy, d.reason)?,
+                None => writeln!(f, "    {}: {}", d.policy, d.reason)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let port = match &self.port_name {
+            Some(n) => format!("{} ({n})/{}", self.port, self.protocol),
+            None => format!("{}/{}", self.port, self.protocol),
+        };
+        writeln!(
+            f,
+            "{}  {} -> {}  {port}",
+            if self.allowed { "ALLOWED" } else { "DENIED" },
+            self.from,
+            self.to
+        )?;
+        let who =
+            |s: &SideVerdict, fallback: &str| s.pod.clone().unwrap_or_else(|| fallback.to_string());
+        write!(
+            f,
+            "  egress  ({}): {}",
+            who(&self.egress, &self.from),
+            self.egress
+        )?;
+        write!(
+            f,
+            "  ingress ({}): {}",
+            who(&self.ingress, &self.to),
+            self.ingress
+        )?;
+        for w in &self.warnings {
+            writeln!(f, "  warning: {w}")?;
+        }
+        Ok(())
+    }
+}
