@@ -152,3 +152,7 @@ impl<'a> PodIndex<'a> {
         self.cluster.pods.values()
     }
 }
+
+#[cfg(test)]
+#[path = "select_tests.rs"]
+mod tests;

@@ -23,6 +23,8 @@ pub mod tiers;
 pub mod verdict;
 
 #[cfg(test)]
+pub(crate) mod clause_tests;
+#[cfg(test)]
 mod cnp_semantics_tests;
 #[cfg(test)]
 mod semantics_tests;
