@@ -143,22 +143,21 @@ pub fn peer_selects(
 /// The peers of a rule (`from` / `to`): "If this field is empty or missing, this rule matches
 /// all sources (destinations). If this field is present and contains at least one item, this
 /// rule allows traffic only if the traffic matches at least one item in the list." The index
-/// of the first matching peer, None for a rule without peers, Err when none matches.
+/// of the first matching peer (`Some(None)` for a rule without peers), None when none matches.
 pub fn rule_peer(
     cluster: &Cluster,
     policy_ns: &str,
     rule: &Rule,
     pod: Option<&Pod>,
     ip: Option<IpAddr>,
-) -> Result<Option<usize>, ()> {
+) -> Option<Option<usize>> {
     if rule.peers.is_empty() {
-        return Ok(None);
+        return Some(None);
     }
     rule.peers
         .iter()
         .position(|p| peer_selects(cluster, policy_ns, p, pod, ip))
         .map(Some)
-        .ok_or(())
 }
 
 /// One `NetworkPolicyPort` matches `(protocol, port)` towards the destination pod `dst`:
@@ -191,19 +190,18 @@ pub fn port_clause_matches(
 /// The ports of a rule: "If this field is empty or missing, this rule matches all ports ... If
 /// this field is present and contains at least one item, then this rule allows traffic only if
 /// the traffic matches at least one port in the list." The index of the first matching
-/// clause, None for a rule without ports, Err when none matches.
+/// clause (`Some(None)` for a rule without ports), None when none matches.
 pub fn rule_port(
     ports: &[PortRule],
     protocol: Protocol,
     port: u16,
     dst: Option<&Pod>,
-) -> Result<Option<usize>, ()> {
+) -> Option<Option<usize>> {
     if ports.is_empty() {
-        return Ok(None);
+        return Some(None);
     }
     ports
         .iter()
         .position(|c| port_clause_matches(c, protocol, port, dst))
         .map(Some)
-        .ok_or(())
 }

@@ -449,7 +449,7 @@ fn side(
                                     col.port,
                                     Some(ctx.reps[g]),
                                 )
-                                .is_ok()
+                                .is_some()
                             })
                             .collect();
                         let allowed = cache.entry(hits).or_insert_with_key(|hits| {
@@ -470,7 +470,7 @@ fn side(
                     let mut allowed = Bits::new(n);
                     for (r, rule) in rules.iter().enumerate() {
                         let numeric_hit =
-                            clause::rule_port(&rule.ports, col.protocol, col.port, None).is_ok();
+                            clause::rule_port(&rule.ports, col.protocol, col.port, None).is_some();
                         if numeric_hit {
                             allowed.or(&rule_peers[r]);
                             continue;
@@ -478,7 +478,7 @@ fn side(
                         for (d, p) in ctx.reps.iter().enumerate() {
                             if rule_peers[r].get(d)
                                 && clause::rule_port(&rule.ports, col.protocol, col.port, Some(p))
-                                    .is_ok()
+                                    .is_some()
                             {
                                 allowed.set(d);
                             }

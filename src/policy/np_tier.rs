@@ -108,9 +108,9 @@ fn first_allowing_rule(
     let mut closest: Option<(usize, usize, String)> = None; // (failures, rule, reason)
     for (i, rule) in rules.iter().enumerate() {
         let peer = clause::rule_peer(cluster, &policy.namespace, rule, other.pod, other.ip)
-            .map_err(|()| explain_peers(cluster, &policy.namespace, rule, other));
+            .ok_or_else(|| explain_peers(cluster, &policy.namespace, rule, other));
         let port = clause::rule_port(&rule.ports, fp.protocol, fp.port, fp.dst)
-            .map_err(|()| explain_ports(&rule.ports, fp));
+            .ok_or_else(|| explain_ports(&rule.ports, fp));
         match (peer, port) {
             (Ok(peer), Ok(port)) => {
                 return Ok(AllowedBy {
