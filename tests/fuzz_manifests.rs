@@ -17,7 +17,7 @@ use sluice::nft::{json as nft_json, text as nft_text};
 use sluice::policy::matrix::{compute, PortProto};
 use sluice::policy::objects::ClusterBuilder;
 use sluice::policy::{evaluate, Endpoint, Flow, PortRef, Protocol};
-use sluice::synth::Rng;
+use sluice::bench::synth::Rng;
 
 /// Inputs larger than this are cut: small inputs are fast and reach the same code.
 const MAX_INPUT: usize = 48 * 1024;

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use serde_json::{json, Value};
 
 use super::PROBES;
-use crate::synth::Rng;
+use crate::bench::synth::Rng;
 use crate::conformance::case::{
     Action, Case, Expect, LabelChanges, LabelNamespace, LabelPod, PodSpec, PolicyRef, Probe, Reach,
     Step, Topology,
