@@ -1,11 +1,15 @@
 //! The conformance suite and the differential fuzzer with the eBPF dataplane: the same cases
 //! and the same bar as with nftables (tests/conformance_lab.rs), through the library runner.
-//! Skipped (and said so) only when this sluice was built without clang.
+//! Skipped (and said so) only when this sluice was built without clang, and then failed
+//! instead when `SLUICE_REQUIRE_EBPF=1` (scripts/test).
 //!
 //! One lab at a time: each probes hundreds of real connections.
 
+mod common;
+
 use std::sync::Mutex;
 
+use common::ebpf_built;
 use sluice::conformance::backend::{make_enforcer, AttachMode, BackendKind, BackendOptions};
 use sluice::conformance::fuzz::{self, FuzzOptions};
 use sluice::conformance::load_cases;
@@ -14,14 +18,6 @@ use sluice::conformance::runner::{run_case, ExpectFrom, Outcome, RunOptions};
 use sluice::dataplane::DataplaneKind;
 
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn ebpf_built() -> bool {
-    if let Err(e) = sluice::ebpf::object() {
-        eprintln!("skipped: {e:#}");
-        return false;
-    }
-    true
-}
 
 fn no_lab_left() {
     let ours: Vec<String> = sluice::lab::netns::list()
