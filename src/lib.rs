@@ -17,4 +17,3 @@ pub mod manifests;
 pub mod nft;
 pub mod policy;
 pub mod review;
-pub mod synth;

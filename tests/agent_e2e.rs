@@ -3,12 +3,12 @@
 //! per lab node enforcing them (the same pass bar as the direct lab), and the agent's metrics,
 //! health and RBAC during such a run. Needs root.
 
-mod agent_common;
+mod common;
 
 use std::process::Command;
 use std::time::Duration;
 
-use agent_common::*;
+use common::agent::*;
 use serde_json::Value;
 use sluice::compile::Attach;
 use sluice::conformance::apiserver::{http_get, AgentMode, ApiClusterOptions};
@@ -76,8 +76,7 @@ fn conformance_through_the_apiserver_routed() {
 /// pods' ClusterIPs as the upstream suite probes.
 #[test]
 fn conformance_through_the_apiserver_ebpf_via_service() {
-    if let Err(e) = sluice::ebpf::object() {
-        eprintln!("skipped: {e:#}");
+    if !common::ebpf_built() {
         return;
     }
     suite_with("routed", &["--dataplane", "ebpf", "--via", "service"]);
@@ -157,8 +156,7 @@ fn metrics_health_and_rbac_during_an_e2e_run() {
 /// dataplane it runs. `auto` picks nftables here, where nft works.
 #[test]
 fn ebpf_agents_enforce_egress_through_services() {
-    if let Err(e) = sluice::ebpf::object() {
-        eprintln!("skipped: {e:#}");
+    if !common::ebpf_built() {
         return;
     }
     let _serial = serial();

@@ -2,13 +2,13 @@
 //! 30 s, the agent process SIGKILLed and restarted under a continuous probe, and a burst of
 //! pod events. Needs root and scripts/build-apiserver's binaries.
 
-mod agent_common;
+mod common;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use agent_common::*;
+use common::agent::*;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Patch, PatchParams, PostParams};

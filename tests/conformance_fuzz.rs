@@ -22,9 +22,14 @@ fn backend(kind: BackendKind) -> Box<dyn Enforcer> {
 
 #[test]
 fn fifty_generated_cases_agree_between_oracle_and_matrix() {
+    // A fixed seed unless SLUICE_FUZZ_SEED gives another (docs/testing.md).
+    let seed: u64 = std::env::var("SLUICE_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20240607);
     let opts = FuzzOptions {
         cases: 50,
-        seed: 20240607,
+        seed,
         nodes: 2,
         keep_going: true,
         out: None,
@@ -42,8 +47,12 @@ fn fifty_generated_cases_agree_between_oracle_and_matrix() {
         },
     )
     .unwrap();
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert_eq!((counts.passed, counts.failed, counts.skipped), (50, 0, 0));
+    assert!(failures.is_empty(), "seed {seed}:\n{}", failures.join("\n"));
+    assert_eq!(
+        (counts.passed, counts.failed, counts.skipped),
+        (50, 0, 0),
+        "seed {seed}"
+    );
 }
 
 /// A dataplane with one bug: UDP from x/b to x/a is always let through.

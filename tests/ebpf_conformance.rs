@@ -1,11 +1,15 @@
 //! The conformance suite and the differential fuzzer with the eBPF dataplane: the same cases
 //! and the same bar as with nftables (tests/conformance_lab.rs), through the library runner.
-//! Skipped (and said so) only when this sluice was built without clang.
+//! Skipped (and said so) only when this sluice was built without clang, and then failed
+//! instead when `SLUICE_REQUIRE_EBPF=1` (scripts/test).
 //!
 //! One lab at a time: each probes hundreds of real connections.
 
+mod common;
+
 use std::sync::Mutex;
 
+use common::ebpf_built;
 use sluice::conformance::backend::{make_enforcer, AttachMode, BackendKind, BackendOptions};
 use sluice::conformance::fuzz::{self, FuzzOptions};
 use sluice::conformance::load_cases;
@@ -14,14 +18,6 @@ use sluice::conformance::runner::{run_case, ExpectFrom, Outcome, RunOptions};
 use sluice::dataplane::DataplaneKind;
 
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn ebpf_built() -> bool {
-    if let Err(e) = sluice::ebpf::object() {
-        eprintln!("skipped: {e:#}");
-        return false;
-    }
-    true
-}
 
 fn no_lab_left() {
     let ours: Vec<String> = sluice::lab::netns::list()
@@ -115,8 +111,11 @@ fn ebpf_conformance_routed_via_service() {
     });
 }
 
+/// The fuzz seed unless SLUICE_FUZZ_SEED says another (docs/testing.md).
+const DEFAULT_SEED: u64 = 1;
+
 /// Oracle vs the eBPF dataplane on generated cases. SLUICE_EBPF_FUZZ_CASES and
-/// SLUICE_FUZZ_SEED override the defaults (30 cases, a seed that changes every day).
+/// SLUICE_FUZZ_SEED override the defaults (30 cases, seed `DEFAULT_SEED`).
 #[test]
 fn ebpf_differential_fuzz() {
     if !ebpf_built() {
@@ -130,13 +129,7 @@ fn ebpf_differential_fuzz() {
     let seed: u64 = std::env::var("SLUICE_FUZZ_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs()
-                / 86_400
-        });
+        .unwrap_or(DEFAULT_SEED);
     let out = std::env::temp_dir().join(format!("sluice-ebpf-fuzz-{}", std::process::id()));
     eprintln!(
         "fuzz: {cases} cases, seed {seed}, failures written to {}",

@@ -1,25 +1,18 @@
 //! The eBPF dataplane on the real kernel: a small lab enforced by the tc classifier, probed
 //! with real connections (both attachments), then checked for leftovers. Skipped (and said
-//! so) only when this sluice was built without clang, i.e. without the classifier.
+//! so) only when this sluice was built without clang, i.e. without the classifier, and then
+//! failed instead when `SLUICE_REQUIRE_EBPF=1` (scripts/test).
 
 mod common;
 
 use std::time::Duration;
 
+use common::{ebpf_built, ebpf_skip};
 use sluice::dataplane::{Dataplane, DataplaneKind};
 use sluice::ebpf::EbpfDataplane;
 use sluice::lab::enforce::EnforcedLab;
 use sluice::lab::{Attach, Proto};
 use sluice::policy::{ObjectName, Protocol};
-
-/// Whether the classifier is in this build; prints why a test is skipped otherwise.
-pub fn ebpf_built() -> bool {
-    if let Err(e) = sluice::ebpf::object() {
-        eprintln!("skipped: {e:#}");
-        return false;
-    }
-    true
-}
 
 const WORLD: &str = r#"
 kind: Namespace
@@ -352,7 +345,7 @@ spec: {podSelector: {}}
     })
     .unwrap();
     if mode != sluice::ebpf::AttachMode::Tcx {
-        eprintln!("skipped: clsact attachment (no tcx on this kernel): status does not query");
+        ebpf_skip("clsact attachment (no tcx on this kernel): status does not query");
         return;
     }
     // Without CAP_SYS_ADMIN, opening programs by id is refused: the condition of the bug.

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use sluice::bench::synth::{generate, SynthParams};
 use sluice::k8s::export;
-use sluice::synth::{generate, SynthParams};
 
 fn write_cluster(path: &Path, pods: usize, policies: usize) {
     let cluster = generate(&SynthParams {

@@ -6,11 +6,11 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::{percentile, Measurement};
+use crate::bench::synth::{generate, node_name, Rng, SynthParams};
 use crate::compile::{compile, Attach, CompileInput};
 use crate::dataplane::Dataplane;
 use crate::nft::{Nft, NftDataplane};
 use crate::policy::model::ObjectName;
-use crate::synth::{generate, node_name, Rng, SynthParams};
 
 /// A network namespace for the bench, removed on drop.
 struct Scratch(String);

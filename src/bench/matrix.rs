@@ -6,9 +6,9 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::{median, Measurement};
+use crate::bench::synth::{generate, SynthParams};
 use crate::policy::matrix::{compute, PortProto};
 use crate::policy::Protocol;
-use crate::synth::{generate, SynthParams};
 
 pub fn run(quick: bool) -> Vec<Measurement> {
     let scales: &[(usize, usize)] = if quick {

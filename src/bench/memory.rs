@@ -4,8 +4,8 @@
 use serde_json::json;
 
 use super::Measurement;
+use crate::bench::synth::{generate, node_name, SynthParams};
 use crate::compile::{compile, Attach, CompileInput};
-use crate::synth::{generate, node_name, SynthParams};
 
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

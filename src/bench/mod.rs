@@ -1,6 +1,6 @@
 //! `sluice bench`: benchmarks that write machine-readable results.
 //!
-//! Each section measures one thing on seeded synthetic clusters ([`crate::synth`]) and reports
+//! Each section measures one thing on seeded synthetic clusters ([`synth`]) and reports
 //! wall-clock figures; ratios are computed between runs made in the same process.
 
 mod dataplane;
@@ -8,6 +8,7 @@ mod matrix;
 pub mod memory;
 mod netperf;
 pub mod review;
+pub mod synth;
 
 use serde::Serialize;
 

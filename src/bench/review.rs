@@ -7,10 +7,10 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::Measurement;
+use crate::bench::synth::{generate, SynthParams};
 use crate::policy::matrix::{compute, PortProto};
 use crate::policy::Cluster;
 use crate::review::{diff, AbsentPods};
-use crate::synth::{generate, SynthParams};
 
 fn params(pods: usize, policies: usize, namespaces: usize) -> SynthParams {
     SynthParams {

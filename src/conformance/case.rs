@@ -5,17 +5,20 @@
 //! expectation that is not `all`, patterns that do not parse), so a typo is an error that
 //! names the file rather than a case that silently tests something else.
 
+mod load;
+mod substitute;
+
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::IpAddr;
-use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use crate::policy::{ObjectName, Protocol};
+
+pub use self::load::{case_files, load_case_file, load_cases, parse_case};
+pub use self::substitute::{substitute, substitute_value};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -416,114 +419,6 @@ impl Case {
         let f = filter.to_lowercase();
         self.id.to_lowercase().contains(&f) || self.name.to_lowercase().contains(&f)
     }
-}
-
-/// Parses one case from YAML text (YAML 1.2 booleans, so a namespace `y` stays a string).
-pub fn parse_case(text: &str) -> Result<Case, String> {
-    let case: Case =
-        serde_saphyr::from_str_with_options(text, crate::policy::objects::yaml_options())
-            .map_err(|e| e.to_string())?;
-    case.validate()?;
-    Ok(case)
-}
-
-pub fn load_case_file(path: &Path) -> Result<Case> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    parse_case(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
-}
-
-/// The case files under `path`: the file itself, or the `.yaml`/`.yml` files directly in a
-/// directory (not below it: a fuzz reproduction keeps its manifests in a subdirectory).
-pub fn case_files(path: &Path) -> Result<Vec<PathBuf>> {
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("cannot read {}: check --cases", path.display()))?;
-    if meta.is_file() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-        .with_context(|| format!("cannot list {}", path.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
-        })
-        .collect();
-    files.sort();
-    Ok(files)
-}
-
-/// Every case under `path`, sorted by id. Ids must be unique.
-pub fn load_cases(path: &Path) -> Result<Vec<Case>> {
-    let files = case_files(path)?;
-    if files.is_empty() {
-        bail!("no case files (*.yaml) in {}", path.display());
-    }
-    let mut cases = Vec::with_capacity(files.len());
-    let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for f in files {
-        let case = load_case_file(&f)?;
-        if let Some(prev) = seen.insert(case.id.clone(), f.clone()) {
-            bail!(
-                "case id {} appears in both {} and {}",
-                case.id,
-                prev.display(),
-                f.display()
-            );
-        }
-        cases.push(case);
-    }
-    cases.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(cases)
-}
-
-/// Replaces every `${ip:NS/POD}` in `text` with that pod's address (`ip_of` gives the current
-/// address, or the last one of a deleted pod).
-pub fn substitute(
-    text: &str,
-    ip_of: &dyn Fn(&ObjectName) -> Option<IpAddr>,
-) -> Result<String, String> {
-    const OPEN: &str = "${ip:";
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find(OPEN) {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + OPEN.len()..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| format!("unterminated placeholder in {text:?}"))?;
-        let name = parse_pod_name(&after[..end])?;
-        let ip = ip_of(&name).ok_or_else(|| {
-            format!("placeholder ${{ip:{name}}}: pod {name} has no address (it never existed)")
-        })?;
-        out.push_str(&ip.to_string());
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
-/// [`substitute`] in every string of a JSON value (keys are left alone).
-pub fn substitute_value(
-    v: &Value,
-    ip_of: &dyn Fn(&ObjectName) -> Option<IpAddr>,
-) -> Result<Value, String> {
-    Ok(match v {
-        Value::String(s) => Value::String(substitute(s, ip_of)?),
-        Value::Array(items) => Value::Array(
-            items
-                .iter()
-                .map(|i| substitute_value(i, ip_of))
-                .collect::<Result<_, _>>()?,
-        ),
-        Value::Object(map) => {
-            let mut out = serde_json::Map::new();
-            for (k, v) in map {
-                out.insert(k.clone(), substitute_value(v, ip_of)?);
-            }
-            Value::Object(out)
-        }
-        other => other.clone(),
-    })
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use super::model::{Direction, NamespaceScope, Peer, Policy, Problem, Rule};
 use super::ports::{validate_port_name, validate_port_number, PortRef, PortRule, Protocol};
 
 /// Collects problems with their field paths while a policy is converted (NetworkPolicy here,
-/// ClusterNetworkPolicy in `cnp.rs`, which adds its own checks in an `impl` of its own).
+/// ClusterNetworkPolicy in `cnp/validate.rs`, which adds its own checks in an `impl` of its own).
 pub(super) struct Checker {
     pub(super) object: String,
     pub(super) problems: Vec<Problem>,

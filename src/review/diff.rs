@@ -321,7 +321,7 @@ fn pod_name(classes: &[Class], c: usize, same: bool) -> &ObjectName {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::synth::{generate, SynthParams};
+    use crate::bench::synth::{generate, SynthParams};
 
     /// The pair pruning and the grouping against a plain cell-by-cell comparison of the two
     /// tables, on a synthetic cluster where a few policies change and a few pods move.

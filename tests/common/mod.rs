@@ -1,7 +1,9 @@
-//! Helpers shared by kernel tests: throwaway network namespaces that are removed even when
-//! a test fails, and cluster snapshots from fixture files.
+//! Helpers shared by the integration tests: throwaway network namespaces that are removed even
+//! when a test fails, and cluster snapshots from fixture files; `spoof` (the anti-spoofing
+//! check of both dataplanes) and `agent` (the agent tests' API server cluster).
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod spoof;
 
 use std::process::Command;
@@ -57,4 +59,31 @@ pub fn fixture(path: &str) -> Cluster {
     ))
     .expect("fixture");
     cluster_from(&text)
+}
+
+/// Whether eBPF tests must run: `SLUICE_REQUIRE_EBPF=1` (scripts/test, so CI) turns every
+/// eBPF skip into a failure.
+pub fn ebpf_required() -> bool {
+    std::env::var("SLUICE_REQUIRE_EBPF").is_ok_and(|v| v == "1")
+}
+
+/// An eBPF test that cannot run here: says so and returns (the caller skips), or fails when
+/// eBPF is required.
+pub fn ebpf_skip(why: &str) {
+    assert!(
+        !ebpf_required(),
+        "SLUICE_REQUIRE_EBPF=1 and this eBPF test cannot run: {why}"
+    );
+    eprintln!("skipped: {why}");
+}
+
+/// Whether the classifier is in this build; skips (or fails, see `ebpf_required`) otherwise.
+pub fn ebpf_built() -> bool {
+    match sluice::ebpf::object() {
+        Ok(_) => true,
+        Err(e) => {
+            ebpf_skip(&format!("{e:#}"));
+            false
+        }
+    }
 }
