@@ -6,7 +6,8 @@
 
 use std::sync::Mutex;
 
-use sluice::conformance::backend::{make_enforcer, AttachMode, BackendKind, BackendOptions};
+use sluice::conformance::backend::AttachMode;
+use sluice::conformance::make::{make_enforcer, BackendKind, BackendOptions};
 use sluice::conformance::fuzz::{self, FuzzOptions};
 use sluice::conformance::load_cases;
 use sluice::conformance::report;
