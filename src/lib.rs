@@ -14,6 +14,7 @@ pub mod ebpf;
 pub mod k8s;
 pub mod lab;
 pub mod manifests;
+pub mod netns;
 pub mod nft;
 pub mod policy;
 pub mod review;
