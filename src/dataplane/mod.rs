@@ -1,12 +1,24 @@
-//! One trait, several dataplanes (nftables, eBPF): each makes the kernel hold a
+//! The dataplane room: one trait, several dataplanes (nftables in `crate::nft`, eBPF in
+//! `crate::ebpf`, an in-memory [`fake`] for tests). Each makes the kernel hold a
 //! [`NodeRuleset`] and says what it holds.
+//!
+//! This module holds only what every dataplane shares: the [`Dataplane`] trait and the neutral
+//! report types ([`ApplyReport`], [`Status`], [`Summary`], [`DeltaStats`]). Dataplanes import
+//! these and nothing of each other; choosing and building one is [`choose`]'s business (the
+//! only file here that knows the concrete dataplanes).
+
+pub mod choose;
+pub mod fake;
+
+use std::collections::BTreeMap;
 
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::compile::ir::Table;
 use crate::compile::NodeRuleset;
-use crate::nft::delta::DeltaStats;
-use crate::nft::installed::Summary;
+
+pub use choose::{choose, make, nftables_usable, DataplaneKind, DataplaneOptions};
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -18,6 +30,32 @@ pub struct ApplyReport {
     pub seconds: f64,
 }
 
+/// What a delta changed (nftables counts commands, elements, chains and sets).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeltaStats {
+    pub commands: usize,
+    pub elements_added: usize,
+    pub elements_removed: usize,
+    pub chains_added: usize,
+    pub chains_rewritten: usize,
+    pub chains_removed: usize,
+    pub sets_added: usize,
+    pub sets_removed: usize,
+}
+
+impl DeltaStats {
+    pub fn elements_changed(&self) -> usize {
+        self.elements_added + self.elements_removed
+    }
+    pub fn chains_touched(&self) -> usize {
+        self.chains_added + self.chains_rewritten + self.chains_removed
+    }
+    pub fn is_empty(&self) -> bool {
+        self.commands == 0
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Status {
@@ -25,6 +63,62 @@ pub struct Status {
     pub differences: Vec<String>,
     pub installed: Summary,
     pub wanted: Summary,
+}
+
+/// Names and sizes, enough to see at a glance whether installed matches wanted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// `family/chain` -> number of rules.
+    pub chains: BTreeMap<String, usize>,
+    /// `family/set` -> number of elements.
+    pub sets: BTreeMap<String, usize>,
+}
+
+impl Summary {
+    pub fn of_tables(tables: &[Table]) -> Summary {
+        let mut s = Summary::default();
+        for t in tables {
+            for (name, c) in &t.chains {
+                s.chains
+                    .insert(format!("{}/{name}", t.family.name()), c.rules.len());
+            }
+            for (name, set) in &t.sets {
+                s.sets
+                    .insert(format!("{}/{name}", t.family.name()), set.elements.len());
+            }
+        }
+        s
+    }
+
+    pub fn wanted(rs: &NodeRuleset) -> Summary {
+        Summary::of_tables(&rs.tables)
+    }
+
+    /// Human-readable differences (empty when equal).
+    pub fn differences(&self, wanted: &Summary) -> Vec<String> {
+        let mut out = Vec::new();
+        for (kind, have, want) in [
+            ("chain", &self.chains, &wanted.chains),
+            ("set", &self.sets, &wanted.sets),
+        ] {
+            let unit = if kind == "chain" { "rules" } else { "elements" };
+            for (name, n) in want {
+                match have.get(name) {
+                    None => out.push(format!("{kind} {name} is missing")),
+                    Some(h) if h != n => {
+                        out.push(format!("{kind} {name} has {h} {unit}, wanted {n}"))
+                    }
+                    Some(_) => {}
+                }
+            }
+            for name in have.keys() {
+                if !want.contains_key(name) {
+                    out.push(format!("{kind} {name} is installed but not wanted"));
+                }
+            }
+        }
+        out
+    }
 }
 
 pub trait Dataplane {
@@ -37,126 +131,29 @@ pub trait Dataplane {
     fn status(&self, wanted: &NodeRuleset) -> Result<Status>;
     /// Removes everything sluice installed.
     fn remove(&mut self) -> Result<()>;
-}
 
-/// Which dataplane enforces: `auto` picks nftables when it works here, eBPF otherwise.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum DataplaneKind {
-    #[default]
-    Auto,
-    Nftables,
-    Ebpf,
-}
-
-impl DataplaneKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            DataplaneKind::Auto => "auto",
-            DataplaneKind::Nftables => "nftables",
-            DataplaneKind::Ebpf => "ebpf",
-        }
+    /// The check right after an apply: how what the kernel holds differs from `wanted`
+    /// (empty: as meant). A dataplane may remember what it read for [`Dataplane::drift`].
+    ///
+    /// The default asks [`Dataplane::status`] and leaves out pods whose interface is not
+    /// there yet (`... not found`): the caller retries those, they are no reason to replace
+    /// everything.
+    fn verify(&mut self, wanted: &NodeRuleset) -> Result<Vec<String>> {
+        Ok(self
+            .status(wanted)?
+            .differences
+            .into_iter()
+            .filter(|d| !d.ends_with("not found"))
+            .collect())
     }
-}
 
-impl std::fmt::Display for DataplaneKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+    /// The periodic drift check, `wanted` being what was last applied and verified: None
+    /// while the kernel still holds it, Some(differences) when someone changed it (the list
+    /// may be empty when the dataplane only knows *that* it changed, e.g. a fingerprint).
+    ///
+    /// The default is [`Dataplane::verify`].
+    fn drift(&mut self, wanted: &NodeRuleset) -> Result<Option<Vec<String>>> {
+        let d = self.verify(wanted)?;
+        Ok((!d.is_empty()).then_some(d))
     }
-}
-
-/// Whether nftables works here: the `nft` binary runs and the kernel takes a transaction
-/// that creates (and in the same batch deletes) a scratch table, so nothing is left behind.
-pub fn nftables_usable() -> bool {
-    nftables_check().is_ok()
-}
-
-fn nftables_check() -> Result<()> {
-    let nft = crate::nft::Nft::here();
-    let table = format!("sluice_probe_{}", std::process::id());
-    let batch = serde_json::json!({"nftables": [
-        {"metainfo": {"json_schema_version": 1}},
-        {"add": {"table": {"family": "inet", "name": table}}},
-        {"delete": {"table": {"family": "inet", "name": table}}},
-    ]});
-    nft.apply_json(&batch)
-}
-
-/// Resolves `auto` (and checks an explicit choice can work): the kind to use and why, for
-/// the log and the agent's metric.
-pub fn choose(kind: DataplaneKind) -> Result<(DataplaneKind, String)> {
-    match kind {
-        DataplaneKind::Nftables => Ok((kind, "nftables requested".into())),
-        DataplaneKind::Ebpf => {
-            crate::ebpf::object()?;
-            Ok((kind, "ebpf requested".into()))
-        }
-        DataplaneKind::Auto => match nftables_check() {
-            Ok(()) => Ok((
-                DataplaneKind::Nftables,
-                "auto: nftables is usable here".into(),
-            )),
-            Err(nft_err) => match crate::ebpf::EbpfDataplane::probe() {
-                Ok(()) => Ok((
-                    DataplaneKind::Ebpf,
-                    format!(
-                        "auto: nftables is not usable ({}), the eBPF classifier loads",
-                        first_line(&format!("{nft_err:#}"))
-                    ),
-                )),
-                Err(bpf_err) => anyhow::bail!(
-                    "no dataplane works here: nftables: {}; eBPF: {}",
-                    first_line(&format!("{nft_err:#}")),
-                    first_line(&format!("{bpf_err:#}"))
-                ),
-            },
-        },
-    }
-}
-
-fn first_line(s: &str) -> &str {
-    s.lines().next().unwrap_or(s)
-}
-
-/// What a dataplane may need to know beyond the ruleset.
-#[derive(Debug, Clone, Default)]
-pub struct DataplaneOptions {
-    /// The cluster's Service (ClusterIP) ranges. nftables judges after the node's NAT anyway;
-    /// the eBPF dataplane defers a pod's egress check for these destinations until after NAT.
-    pub service_cidrs: Vec<ipnet::IpNet>,
-    /// Let the rules outlive this process (the agent): the eBPF dataplane pins its links and
-    /// maps in bpffs (nftables tables stay anyway).
-    pub persist: bool,
-}
-
-/// A dataplane of the given kind (`auto` resolved first) for a network namespace (None: the
-/// current one).
-pub fn make(
-    kind: DataplaneKind,
-    netns: Option<&str>,
-    opts: &DataplaneOptions,
-) -> Result<Box<dyn Dataplane + Send>> {
-    let (kind, _) = choose(kind)?;
-    Ok(match kind {
-        DataplaneKind::Ebpf => {
-            let mut dp = crate::ebpf::EbpfDataplane::new(netns)?;
-            dp.set_service_ranges(&opts.service_cidrs);
-            if opts.persist {
-                let dir = crate::ebpf::pin_dir(netns);
-                match dp.persist_in(&dir) {
-                    Ok(()) => {
-                        tracing::info!(dir = %dir.display(), "eBPF links and maps pinned: rules outlive the agent")
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %format!("{e:#}"), "eBPF rules will not outlive the agent")
-                    }
-                }
-            }
-            Box::new(dp)
-        }
-        _ => Box::new(crate::nft::NftDataplane::new(match netns {
-            Some(n) => crate::nft::Nft::in_netns(n),
-            None => crate::nft::Nft::here(),
-        })),
-    })
 }

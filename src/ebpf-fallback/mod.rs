@@ -35,8 +35,7 @@ use self::entries::{Entries, Op};
 use self::layout::MapId;
 use self::sys::RawMap;
 use crate::compile::NodeRuleset;
-use crate::dataplane::{ApplyReport, Dataplane, Status};
-use crate::nft::installed::Summary;
+use crate::dataplane::{ApplyReport, Dataplane, Status, Summary};
 
 #[cfg(sluice_ebpf_object)]
 const OBJECT: Option<&[u8]> = Some(include_bytes!(concat!(
@@ -314,7 +313,7 @@ impl EbpfDataplane {
     /// Runs `f` inside our network namespace (on a short-lived thread when it is not ours).
     fn in_ns<R: Send>(netns: &Option<String>, f: impl FnOnce() -> R + Send) -> Result<R> {
         match netns {
-            Some(n) => crate::lab::netns::exec_in(n, f),
+            Some(n) => crate::netns::exec_in(n, f),
             None => Ok(f()),
         }
     }
@@ -323,7 +322,7 @@ impl EbpfDataplane {
     fn netns_gone(&self) -> bool {
         self.netns
             .as_deref()
-            .is_some_and(|n| !crate::lab::netns::exists(n))
+            .is_some_and(|n| !crate::netns::exists(n))
     }
 
     fn ifindexes(&self, ifaces: Vec<String>) -> Result<BTreeMap<String, u32>> {
