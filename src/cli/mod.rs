@@ -1,11 +1,13 @@
 //! Command-line front end: argument parsing and output formatting only.
 
 mod agent;
+#[cfg(feature = "harness")]
 mod conformance;
 mod dataplane;
 mod diff;
 mod explain;
 mod fix;
+#[cfg(feature = "harness")]
 mod lab;
 mod lint;
 mod matrix;
@@ -57,6 +59,7 @@ enum Command {
     /// Write man pages (one per command) into a directory, or print sluice(1) to stdout.
     Man(meta::ManArgs),
     /// The lab: a cluster of network namespaces on this machine, enforced by sluice.
+    #[cfg(feature = "harness")]
     #[command(subcommand)]
     Lab(lab::LabCommand),
     /// Print the nftables ruleset for one node.
@@ -66,13 +69,16 @@ enum Command {
     /// Compare the installed ruleset with the wanted one (exit 1 on drift).
     Status(dataplane::ApplyArgs),
     /// Run benchmarks and print their results (text, or JSON for machines).
+    #[cfg(feature = "harness")]
     Bench(BenchArgs),
     /// Conformance cases and differential fuzzing against the oracle or the lab.
+    #[cfg(feature = "harness")]
     Conformance(conformance::ConformanceArgs),
     /// The node agent: watch the API and keep this node's rules current (see docs/agent.md).
     Agent(agent::AgentArgs),
 }
 
+#[cfg(feature = "harness")]
 #[derive(Args)]
 struct BenchArgs {
     /// Smaller scales and fewer repetitions (under a minute).
@@ -91,6 +97,7 @@ struct BenchArgs {
     matrix_child: Option<String>,
 }
 
+#[cfg(feature = "harness")]
 fn bench(args: BenchArgs) -> anyhow::Result<i32> {
     if let Some(spec) = &args.matrix_child {
         let (pods, policies) = spec
@@ -214,10 +221,13 @@ fn run_with(cli: Cli) -> i32 {
         Command::Lint(a) => lint::run(a),
         Command::Completions(a) => meta::completions(a),
         Command::Man(a) => meta::man(a),
+        #[cfg(feature = "harness")]
         Command::Bench(a) => bench(a),
+        #[cfg(feature = "harness")]
         Command::Conformance(a) => conformance::run(a),
         Command::Agent(a) => agent::run(a),
         Command::Compile(a) => dataplane::compile_cmd(a),
+        #[cfg(feature = "harness")]
         Command::Lab(c) => lab::run(c),
         Command::Apply(a) => dataplane::apply_cmd(a),
         Command::Status(a) => dataplane::status_cmd(a),
