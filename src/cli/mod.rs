@@ -20,6 +20,15 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::policy::objects::LoadSummary;
+
+/// `1 cell`, `2 cells`: a count and its noun (diff, fix).
+pub fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
 use crate::policy::Cluster;
 
 /// Exit codes, the same for every command (README "Exit codes").
