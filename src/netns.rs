@@ -112,7 +112,10 @@ mod tests {
     #[test]
     fn names_and_paths() {
         assert_eq!(netns_path("x"), PathBuf::from("/var/run/netns/x"));
-        assert_eq!(netns_path("/proc/1/ns/net"), PathBuf::from("/proc/1/ns/net"));
+        assert_eq!(
+            netns_path("/proc/1/ns/net"),
+            PathBuf::from("/proc/1/ns/net")
+        );
         assert!(!exists("sluice-no-such-netns"));
         let e = exec_in("sluice-no-such-netns", || ()).unwrap_err();
         assert!(format!("{e:#}").contains("does not exist"), "{e:#}");

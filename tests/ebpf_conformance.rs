@@ -7,9 +7,9 @@
 use std::sync::Mutex;
 
 use sluice::conformance::backend::AttachMode;
-use sluice::conformance::make::{make_enforcer, BackendKind, BackendOptions};
 use sluice::conformance::fuzz::{self, FuzzOptions};
 use sluice::conformance::load_cases;
+use sluice::conformance::make::{make_enforcer, BackendKind, BackendOptions};
 use sluice::conformance::report;
 use sluice::conformance::runner::{run_case, ExpectFrom, Outcome, RunOptions};
 use sluice::dataplane::DataplaneKind;

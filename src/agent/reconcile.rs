@@ -493,7 +493,10 @@ mod tests {
         r.on_change(Change::Relisted(Kind::Namespaces, vec![ns_obj("default")]));
         r.on_change(Change::Relisted(
             Kind::Pods,
-            vec![pod("web", "node-0", "10.0.0.2"), pod("db", "node-1", "10.0.1.2")],
+            vec![
+                pod("web", "node-0", "10.0.0.2"),
+                pod("db", "node-1", "10.0.1.2"),
+            ],
         ));
         r.on_change(Change::Relisted(Kind::Policies, vec![]));
     }
@@ -535,7 +538,11 @@ mod tests {
         settle(&mut r);
         let tx = fake.transactions();
         assert_eq!(kinds(&fake)[1..], [(TxKind::Delta, false)]);
-        assert!(tx[1].base_matched && !tx[1].changed.is_empty(), "{:?}", tx[1]);
+        assert!(
+            tx[1].base_matched && !tx[1].changed.is_empty(),
+            "{:?}",
+            tx[1]
+        );
         let rs = fake.installed().unwrap();
         assert!(
             matches!(&web(&rs).ingress, Isolation::Isolated { policies, .. } if policies.len() == 3)
@@ -594,7 +601,10 @@ mod tests {
         fake.fail_next("delta");
         r.on_change(Change::Upsert(policy("p1", "web", "10.1.0.0/16")));
         settle(&mut r);
-        assert_eq!(kinds(&fake)[2..], [(TxKind::Delta, true), (TxKind::Full, false)]);
+        assert_eq!(
+            kinds(&fake)[2..],
+            [(TxKind::Delta, true), (TxKind::Full, false)]
+        );
         assert_eq!(r.shared.status().last_kind, "full");
 
         // Both fail: nothing is known of the kernel, the retry is full.
@@ -602,7 +612,10 @@ mod tests {
         fake.fail_next("full");
         r.on_change(Change::Upsert(policy("p2", "web", "10.2.0.0/16")));
         settle(&mut r);
-        assert_eq!(kinds(&fake)[4..], [(TxKind::Delta, true), (TxKind::Full, true)]);
+        assert_eq!(
+            kinds(&fake)[4..],
+            [(TxKind::Delta, true), (TxKind::Full, true)]
+        );
         assert!(r.installed.is_none());
         let retry = r.retry_at.unwrap();
         r.tick(retry);
@@ -620,7 +633,10 @@ mod tests {
         r.on_change(Change::Upsert(policy("p1", "web", "10.1.0.0/16")));
         settle(&mut r);
         let tx = fake.transactions();
-        assert_eq!(kinds(&fake)[1..], [(TxKind::Delta, false), (TxKind::Full, false)]);
+        assert_eq!(
+            kinds(&fake)[1..],
+            [(TxKind::Delta, false), (TxKind::Full, false)]
+        );
         assert!(!tx[1].base_matched);
         assert_eq!(fake.installed().as_ref(), tx[2].ruleset.as_ref());
     }

@@ -9,8 +9,8 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use super::BadInput;
 use crate::conformance::backend::{AttachMode, Enforcer};
-use crate::conformance::make::{make_enforcer, BackendKind, BackendOptions};
 use crate::conformance::fuzz::{self, FuzzOptions};
+use crate::conformance::make::{make_enforcer, BackendKind, BackendOptions};
 use crate::conformance::report::{self, Counts};
 use crate::conformance::runner::{run_case, ExpectFrom, Outcome, RunOptions};
 use crate::conformance::{load_cases, CaseResult};

@@ -26,6 +26,6 @@ pub mod topology;
 pub mod world;
 
 pub use backend::{AttachMode, Enforcer, Observed};
-pub use make::{make_enforcer, BackendKind, BackendOptions};
 pub use case::{load_cases, Case};
+pub use make::{make_enforcer, BackendKind, BackendOptions};
 pub use runner::{run_case, CaseResult, ExpectFrom, Outcome, RunOptions};

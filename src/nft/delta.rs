@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use super::json;
-use crate::dataplane::DeltaStats;
 use crate::compile::ir::*;
+use crate::dataplane::DeltaStats;
 
 pub struct Delta {
     pub commands: Vec<Value>,

@@ -7,9 +7,9 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 
 use super::runner::Nft;
-use crate::dataplane::Summary;
 use crate::compile::ir::{NodeRuleset, TableFamily};
 use crate::compile::TABLE;
+use crate::dataplane::Summary;
 
 /// Chains with their rules and sets with their sorted elements, handles stripped: equal
 /// fingerprints mean the kernel holds the same ruleset.
