@@ -1,11 +1,10 @@
 //! The differential fuzzer: oracle-only runs must agree with themselves, and a backend that
 //! disagrees with the oracle must produce a reproduction that reproduces.
 
-use sluice::conformance::backend::{
-    make_enforcer, AttachMode, BackendKind, BackendOptions, Enforcer, Observed,
-};
+use sluice::conformance::backend::{AttachMode, Enforcer, Observed};
 use sluice::conformance::fuzz::{self, FuzzOptions};
 use sluice::conformance::load_cases;
+use sluice::conformance::make::{make_enforcer, BackendKind, BackendOptions};
 use sluice::conformance::runner::{run_case, ExpectFrom, Outcome, RunOptions};
 use sluice::policy::{evaluate, Cluster, Endpoint, Flow, ObjectName, PortRef, Protocol};
 

@@ -3,11 +3,10 @@
 
 use std::path::PathBuf;
 
-use sluice::conformance::backend::{
-    make_enforcer, AttachMode, BackendKind, BackendOptions, Enforcer, Observed, ProbeCell,
-};
+use sluice::conformance::backend::{AttachMode, Enforcer, Observed, ProbeCell};
 use sluice::conformance::case::{Action, Case, Expect};
 use sluice::conformance::load_cases;
+use sluice::conformance::make::{make_enforcer, BackendKind, BackendOptions};
 use sluice::conformance::report;
 use sluice::conformance::runner::{run_case, CaseResult, ExpectFrom, Outcome, RunOptions};
 use sluice::policy::{Cluster, ObjectName, Protocol};

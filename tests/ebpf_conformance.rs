@@ -10,9 +10,10 @@ mod common;
 use std::sync::Mutex;
 
 use common::ebpf_built;
-use sluice::conformance::backend::{make_enforcer, AttachMode, BackendKind, BackendOptions};
+use sluice::conformance::backend::AttachMode;
 use sluice::conformance::fuzz::{self, FuzzOptions};
 use sluice::conformance::load_cases;
+use sluice::conformance::make::{make_enforcer, BackendKind, BackendOptions};
 use sluice::conformance::report;
 use sluice::conformance::runner::{run_case, ExpectFrom, Outcome, RunOptions};
 use sluice::dataplane::DataplaneKind;

@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::time::Duration;
 
@@ -243,7 +242,7 @@ impl Detector {
     }
 
     fn nudge(&self, ips: &[IpAddr]) -> Result<()> {
-        in_netns(self.netns.as_deref(), || {
+        crate::netns::exec_in_opt(self.netns.as_deref(), || {
             for ip in ips {
                 let sock = match ip {
                     IpAddr::V4(_) => UdpSocket::bind("0.0.0.0:0"),
@@ -306,24 +305,6 @@ fn host_routes(v: &Value) -> BTreeMap<IpAddr, String> {
             Some((ip, r["dev"].as_str()?.to_string()))
         })
         .collect()
-}
-
-/// Runs `f` on a fresh thread inside a named network namespace (or here when None).
-fn in_netns<R: Send>(netns: Option<&str>, f: impl FnOnce() -> R + Send) -> Result<R> {
-    let Some(ns) = netns else { return Ok(f()) };
-    let file = std::fs::File::open(format!("/run/netns/{ns}"))
-        .with_context(|| format!("network namespace {ns} does not exist"))?;
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            // SAFETY: setns on a valid fd, affecting only this short-lived thread.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                bail!("setns {ns}: {}", std::io::Error::last_os_error());
-            }
-            Ok(f())
-        })
-        .join()
-        .unwrap_or_else(|p| std::panic::resume_unwind(p))
-    })
 }
 
 #[cfg(test)]

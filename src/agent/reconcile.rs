@@ -12,14 +12,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use tracing::{debug, error, info, warn};
 
-use super::attach::{Detector, LocalPod};
+use super::attach::{Detection, Detector, LocalPod};
 use super::{AgentConfig, Msg, Shared};
 use crate::compile::ir::Isolation;
 use crate::compile::{compile, CompileInput, NodeRuleset};
 use crate::dataplane::{self, Dataplane, DataplaneKind, DataplaneOptions};
 use crate::k8s::convert::{self, Change, Kind};
-use crate::nft::installed::{self, Fingerprint, Summary};
-use crate::nft::Nft;
 use crate::policy::Cluster;
 
 /// How often the loop wakes with nothing to do, so /healthz can tell it is alive.
@@ -28,20 +26,28 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(10);
 
+/// Finds how the node's local pods attach (the node's interfaces; a fixed answer in tests).
+pub trait Detect {
+    fn detect(&mut self, local: &[LocalPod]) -> Result<Detection>;
+}
+
+impl Detect for Detector {
+    fn detect(&mut self, local: &[LocalPod]) -> Result<Detection> {
+        Detector::detect(self, local)
+    }
+}
+
 pub struct Reconciler {
     cfg: AgentConfig,
     shared: Arc<Shared>,
     cluster: Cluster,
     listed: std::collections::BTreeSet<Kind>,
-    detector: Detector,
+    detector: Box<dyn Detect + Send>,
+    /// Reads back after each apply ([`Dataplane::verify`]) and checks for drift
+    /// ([`Dataplane::drift`]) itself: nftables compares fingerprints, eBPF its status.
     dataplane: Box<dyn Dataplane + Send>,
-    /// With the nftables dataplane: the table is read back through this `nft`, and the drift
-    /// check compares fingerprints (cheap). Other dataplanes are asked for their status.
-    nft: Option<Nft>,
     /// What the kernel holds as far as we know (None: unknown, the next apply is full).
     installed: Option<Arc<NodeRuleset>>,
-    /// Read back right after the last apply (nftables); the drift check compares against it.
-    fingerprint: Option<Fingerprint>,
     /// The last apply was read back and found to be what was meant.
     verified: bool,
     dirty: bool,
@@ -60,19 +66,26 @@ pub struct Reconciler {
 impl Reconciler {
     /// A reconciler enforcing with `kind` (already resolved from `auto`, see `Agent::start`).
     pub fn new(cfg: AgentConfig, shared: Arc<Shared>, kind: DataplaneKind) -> Result<Reconciler> {
-        let nft = (kind == DataplaneKind::Nftables).then(|| match &cfg.netns {
-            Some(ns) => Nft::in_netns(ns),
-            None => Nft::here(),
-        });
         let opts = DataplaneOptions {
             service_cidrs: cfg.service_cidrs.clone(),
             // Pods keep their isolation while the agent restarts or upgrades.
             persist: true,
         };
-        Ok(Reconciler {
-            detector: Detector::new(cfg.netns.clone(), cfg.attach, &cfg.bridge),
-            dataplane: dataplane::make(kind, cfg.netns.as_deref(), &opts)?,
-            nft,
+        let dp = dataplane::make(kind, cfg.netns.as_deref(), &opts)?;
+        let detector = Detector::new(cfg.netns.clone(), cfg.attach, &cfg.bridge);
+        Ok(Reconciler::with(cfg, shared, dp, Box::new(detector)))
+    }
+
+    /// A reconciler on a given dataplane and attachment detector (tests: a fake of each).
+    pub fn with(
+        cfg: AgentConfig,
+        shared: Arc<Shared>,
+        dataplane: Box<dyn Dataplane + Send>,
+        detector: Box<dyn Detect + Send>,
+    ) -> Reconciler {
+        Reconciler {
+            detector,
+            dataplane,
             verified: false,
             next_drift: Instant::now() + cfg.drift_interval,
             cfg,
@@ -80,7 +93,6 @@ impl Reconciler {
             cluster: Cluster::default(),
             listed: Default::default(),
             installed: None,
-            fingerprint: None,
             dirty: false,
             first_dirty: None,
             last_change: Instant::now(),
@@ -88,7 +100,7 @@ impl Reconciler {
             retry_delay: RETRY_MIN,
             missing: Vec::new(),
             missing_delay: RETRY_MIN,
-        })
+        }
     }
 
     pub fn run(mut self, rx: Receiver<Msg>) {
@@ -120,16 +132,18 @@ impl Reconciler {
                 Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return self.stopped(),
                 Err(RecvTimeoutError::Timeout) => {}
             }
-            let now = Instant::now();
-            if self.sync_due(now) {
-                self.sync();
-            }
-            if now >= self.next_drift {
-                self.next_drift = now + self.cfg.drift_interval;
-                if self.installed.is_some() {
-                    self.drift_check();
-                }
-            }
+            self.tick(Instant::now());
+        }
+    }
+
+    /// What is due at `now`: a sync (debounced changes, a retry), the drift check.
+    fn tick(&mut self, now: Instant) {
+        if self.sync_due(now) {
+            self.sync();
+        }
+        if now >= self.next_drift {
+            self.next_drift = now + self.cfg.drift_interval;
+            self.drift_check();
         }
     }
 
@@ -281,27 +295,10 @@ impl Reconciler {
         Ok(detection.missing)
     }
 
-    /// How what the kernel holds differs from `rs` (empty: as meant). With nftables the table
-    /// is read back and its fingerprint kept for the drift check.
+    /// How what the kernel holds differs from `rs` (empty: as meant); the dataplane keeps
+    /// what it read for the drift check.
     fn differences(&mut self, rs: &NodeRuleset) -> Result<Vec<String>> {
-        match &self.nft {
-            Some(nft) => {
-                let (fp, have) = installed::read(nft)?;
-                let diff = have.differences(&Summary::wanted(rs));
-                self.fingerprint = Some(fp);
-                Ok(diff)
-            }
-            None => {
-                let status = self.dataplane.status(rs)?;
-                // A pod whose interface is not there yet is retried by the sync loop, not
-                // a reason to replace everything.
-                Ok(status
-                    .differences
-                    .into_iter()
-                    .filter(|d| !d.ends_with("not found"))
-                    .collect())
-            }
-        }
+        self.dataplane.verify(rs)
     }
 
     /// Applies `rs` (delta when possible); returns which kind of apply it was.
@@ -387,19 +384,12 @@ impl Reconciler {
     /// Someone flushed or edited our table: put back what we last applied (recompiled from
     /// the current snapshot, which is at least as new).
     fn drift_check(&mut self) {
-        let drifted = match (&self.nft, &self.installed) {
-            (Some(nft), _) => installed::read(nft)
-                .map(|(fp, _)| self.fingerprint.as_ref() != Some(&fp))
-                .map(|d| (d, vec![])),
-            (None, Some(rs)) => {
-                let rs = rs.clone();
-                self.differences(&rs).map(|d| (!d.is_empty(), d))
-            }
-            (None, None) => return,
+        let Some(rs) = self.installed.clone() else {
+            return;
         };
-        let differences = match drifted {
-            Ok((false, _)) => return,
-            Ok((true, d)) => d,
+        let differences = match self.dataplane.drift(&rs) {
+            Ok(None) => return,
+            Ok(Some(d)) => d,
             Err(e) => {
                 self.shared.metrics.error("drift");
                 warn!(error = %format!("{e:#}"), "cannot read the installed ruleset back");
@@ -413,7 +403,6 @@ impl Reconciler {
             "installed ruleset drifted from the last applied one; restoring it");
         self.shared.metrics.drift_repairs.inc();
         self.installed = None;
-        self.fingerprint = None;
         self.verified = false;
         self.sync();
     }
@@ -421,22 +410,266 @@ impl Reconciler {
 
 #[cfg(test)]
 mod tests {
+    //! Root-free: the reconciler on the fake dataplane and a detector that finds every local
+    //! pod's interface.
     use super::*;
-    use crate::compile::Attach;
+    use crate::compile::ir::Isolation;
+    use crate::compile::{Attach, Attachment};
+    use crate::dataplane::fake::{Fake, TxKind};
     use crate::k8s::convert::Object;
     use crate::policy::model::Namespace;
 
-    fn reconciler() -> Reconciler {
+    /// Every local pod is routed through `veth-<name>`.
+    struct Found;
+
+    impl Detect for Found {
+        fn detect(&mut self, local: &[LocalPod]) -> Result<Detection> {
+            Ok(Detection {
+                attach: Attach::Routed,
+                attachments: local
+                    .iter()
+                    .map(|p| {
+                        let a = Attachment {
+                            iface: Some(format!("veth-{}", p.name.name)),
+                            mac: None,
+                        };
+                        (p.name.clone(), a)
+                    })
+                    .collect(),
+                missing: vec![],
+            })
+        }
+    }
+
+    fn on_fake() -> (Reconciler, Fake) {
         let cfg = AgentConfig {
             debounce: Duration::from_millis(50),
             max_delay: Duration::from_millis(300),
+            drift_interval: Duration::from_secs(3600),
             ..AgentConfig::new("node-0")
         };
-        Reconciler::new(cfg, Arc::new(Shared::new()), DataplaneKind::Nftables).unwrap()
+        let fake = Fake::new();
+        let r = Reconciler::with(
+            cfg,
+            Arc::new(Shared::new()),
+            Box::new(fake.clone()),
+            Box::new(Found),
+        );
+        (r, fake)
+    }
+
+    fn reconciler() -> Reconciler {
+        on_fake().0
     }
 
     fn ns(name: &str) -> Change {
         Change::Upsert(Object::Namespace(Namespace::new(name, Default::default())))
+    }
+
+    fn pod(name: &str, node: &str, ip: &str) -> Object {
+        let p = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "default", "name": name, "labels": {"app": name}},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i"}]},
+            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
+        }))
+        .unwrap();
+        convert::pod(&p).unwrap().unwrap()
+    }
+
+    fn policy(name: &str, app: &str, cidr: &str) -> Object {
+        let np = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "default", "name": name},
+            "spec": {
+                "podSelector": {"matchLabels": {"app": app}},
+                "ingress": [{"from": [{"ipBlock": {"cidr": cidr}}]}],
+            },
+        }))
+        .unwrap();
+        convert::policy(&np)
+    }
+
+    /// All three kinds listed: the default namespace, pod `web` here and `db` elsewhere.
+    fn listed(r: &mut Reconciler) {
+        r.on_change(Change::Relisted(Kind::Namespaces, vec![ns_obj("default")]));
+        r.on_change(Change::Relisted(
+            Kind::Pods,
+            vec![
+                pod("web", "node-0", "10.0.0.2"),
+                pod("db", "node-1", "10.0.1.2"),
+            ],
+        ));
+        r.on_change(Change::Relisted(Kind::Policies, vec![]));
+    }
+
+    fn ns_obj(name: &str) -> Object {
+        Object::Namespace(Namespace::new(name, Default::default()))
+    }
+
+    /// Runs what is due once the debounce has passed.
+    fn settle(r: &mut Reconciler) {
+        let later = r.last_change.max(Instant::now()) + r.cfg.debounce;
+        r.tick(later);
+    }
+
+    fn kinds(fake: &Fake) -> Vec<(TxKind, bool)> {
+        fake.transactions()
+            .iter()
+            .map(|t| (t.kind, t.failed))
+            .collect()
+    }
+
+    fn web(rs: &NodeRuleset) -> &crate::compile::ir::LocalPod {
+        rs.pods.iter().find(|p| p.pod.ends_with("web")).unwrap()
+    }
+
+    #[test]
+    fn first_sync_is_full_then_deltas_coalesce_and_noops_stay_noops() {
+        let (mut r, fake) = on_fake();
+        listed(&mut r);
+        r.tick(Instant::now());
+        assert_eq!(kinds(&fake), [(TxKind::Full, false)]);
+        assert_eq!(r.shared.status().last_kind, "full");
+        // Three changes inside the debounce window: one delta.
+        r.on_change(Change::Upsert(policy("p1", "web", "10.1.0.0/16")));
+        r.on_change(Change::Upsert(policy("p2", "web", "10.2.0.0/16")));
+        r.tick(Instant::now());
+        assert_eq!(fake.transactions().len(), 1, "debounced");
+        r.on_change(Change::Upsert(policy("p3", "web", "10.3.0.0/16")));
+        settle(&mut r);
+        let tx = fake.transactions();
+        assert_eq!(kinds(&fake)[1..], [(TxKind::Delta, false)]);
+        assert!(
+            tx[1].base_matched && !tx[1].changed.is_empty(),
+            "{:?}",
+            tx[1]
+        );
+        let rs = fake.installed().unwrap();
+        assert!(
+            matches!(&web(&rs).ingress, Isolation::Isolated { policies, .. } if policies.len() == 3)
+        );
+        assert_eq!(r.shared.status().last_kind, "delta");
+        // Another node's pod changes nothing here.
+        r.on_change(Change::Upsert(pod("db", "node-1", "10.0.1.3")));
+        settle(&mut r);
+        assert_eq!(r.shared.status().last_kind, "noop");
+        assert!(fake.transactions()[2].changed.is_empty());
+        assert_eq!(fake.installed().unwrap(), rs);
+    }
+
+    #[test]
+    fn drift_is_repaired_with_a_full_apply() {
+        let (mut r, fake) = on_fake();
+        listed(&mut r);
+        r.on_change(Change::Upsert(policy("p1", "web", "10.1.0.0/16")));
+        r.tick(Instant::now());
+        let want = fake.installed().unwrap();
+        // Nothing changed: the drift check does nothing.
+        r.drift_check();
+        assert_eq!(fake.transactions().len(), 1);
+        fake.flush_a_table();
+        assert_ne!(fake.installed().unwrap(), want);
+        let now = Instant::now();
+        r.next_drift = now;
+        r.tick(now);
+        assert_eq!(kinds(&fake), [(TxKind::Full, false), (TxKind::Full, false)]);
+        assert_eq!(fake.installed().unwrap(), want);
+        assert_eq!(r.shared.metrics.drift_repairs.get(), 1);
+        fake.delete_everything();
+        r.drift_check();
+        assert_eq!(fake.installed().unwrap(), want);
+        assert_eq!(r.shared.metrics.drift_repairs.get(), 2);
+    }
+
+    #[test]
+    fn a_failed_apply_is_retried_and_the_next_one_is_full() {
+        let (mut r, fake) = on_fake();
+        listed(&mut r);
+        fake.fail_next("first");
+        r.tick(Instant::now());
+        assert_eq!(kinds(&fake), [(TxKind::Full, true)]);
+        let s = r.shared.status();
+        assert_eq!(s.failed_syncs, 1);
+        assert!(s.last_error.unwrap().contains("first"));
+        let retry = r.retry_at.expect("a retry is scheduled");
+        assert!(!r.sync_due(retry - Duration::from_millis(1)));
+        r.tick(retry);
+        assert_eq!(kinds(&fake)[1..], [(TxKind::Full, false)]);
+        assert!(r.retry_at.is_none());
+        assert!(r.shared.status().last_error.is_none());
+
+        // A failed delta is replaced by a full apply at once.
+        fake.fail_next("delta");
+        r.on_change(Change::Upsert(policy("p1", "web", "10.1.0.0/16")));
+        settle(&mut r);
+        assert_eq!(
+            kinds(&fake)[2..],
+            [(TxKind::Delta, true), (TxKind::Full, false)]
+        );
+        assert_eq!(r.shared.status().last_kind, "full");
+
+        // Both fail: nothing is known of the kernel, the retry is full.
+        fake.fail_next("delta");
+        fake.fail_next("full");
+        r.on_change(Change::Upsert(policy("p2", "web", "10.2.0.0/16")));
+        settle(&mut r);
+        assert_eq!(
+            kinds(&fake)[4..],
+            [(TxKind::Delta, true), (TxKind::Full, true)]
+        );
+        assert!(r.installed.is_none());
+        let retry = r.retry_at.unwrap();
+        r.tick(retry);
+        assert_eq!(kinds(&fake)[6..], [(TxKind::Full, false)]);
+        assert_eq!(r.shared.status().failed_syncs, 2);
+    }
+
+    #[test]
+    fn a_delta_on_a_changed_base_is_caught_by_the_read_back() {
+        let (mut r, fake) = on_fake();
+        listed(&mut r);
+        r.tick(Instant::now());
+        // Someone edits the table between two syncs, before the drift check sees it.
+        fake.flush_a_table();
+        r.on_change(Change::Upsert(policy("p1", "web", "10.1.0.0/16")));
+        settle(&mut r);
+        let tx = fake.transactions();
+        assert_eq!(
+            kinds(&fake)[1..],
+            [(TxKind::Delta, false), (TxKind::Full, false)]
+        );
+        assert!(!tx[1].base_matched);
+        assert_eq!(fake.installed().as_ref(), tx[2].ruleset.as_ref());
+    }
+
+    #[test]
+    fn an_invalid_policy_makes_its_pods_fail_closed() {
+        let (mut r, fake) = on_fake();
+        listed(&mut r);
+        r.on_change(Change::Upsert(policy("bad", "web", "not-a-cidr")));
+        r.tick(Instant::now());
+        let rs = fake.installed().unwrap();
+        assert!(
+            matches!(web(&rs).ingress, Isolation::FailedClosed { .. }),
+            "{:?}",
+            web(&rs).ingress
+        );
+        // Fixed: the pod is isolated by the policy again.
+        r.on_change(Change::Upsert(policy("bad", "web", "10.9.0.0/16")));
+        settle(&mut r);
+        let rs = fake.installed().unwrap();
+        assert!(matches!(web(&rs).ingress, Isolation::Isolated { .. }));
+    }
+
+    #[test]
+    fn stopping_leaves_the_rules_in_place() {
+        let (mut r, fake) = on_fake();
+        listed(&mut r);
+        r.tick(Instant::now());
+        let (tx, rx) = std::sync::mpsc::channel();
+        tx.send(Msg::Stop).unwrap();
+        r.run(rx);
+        assert_eq!(kinds(&fake), [(TxKind::Full, false)]);
+        assert!(fake.installed().is_some());
     }
 
     #[test]

@@ -8,10 +8,9 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand, ValueEnum};
 
 use super::BadInput;
-use crate::conformance::backend::{
-    make_enforcer, AttachMode, BackendKind, BackendOptions, Enforcer,
-};
+use crate::conformance::backend::{AttachMode, Enforcer};
 use crate::conformance::fuzz::{self, FuzzOptions};
+use crate::conformance::make::{make_enforcer, BackendKind, BackendOptions};
 use crate::conformance::report::{self, Counts};
 use crate::conformance::runner::{run_case, ExpectFrom, Outcome, RunOptions};
 use crate::conformance::{load_cases, CaseResult};

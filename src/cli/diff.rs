@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::explain::parse_protocol;
 use super::source::{self, KubeArgs};
-use super::{BadInput, TextOrJson};
+use super::{count, BadInput, TextOrJson};
 use crate::policy::matrix::PortProto;
 use crate::policy::objects::LoadSummary;
 use crate::policy::{Cluster, Protocol};
@@ -157,15 +157,6 @@ fn write_json(out: &mut impl std::io::Write, d: &Diff) -> anyhow::Result<()> {
     }
     out.write_all(if first { b"]\n" } else { b"\n]\n" })?;
     Ok(())
-}
-
-/// `1 cell`, `2 cells`.
-pub fn count(n: usize, what: &str) -> String {
-    if n == 1 {
-        format!("1 {what}")
-    } else {
-        format!("{n} {what}s")
-    }
 }
 
 fn columns_text(cols: &[PortProto]) -> String {

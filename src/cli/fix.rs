@@ -115,7 +115,7 @@ fn render_text(f: &Fix, wanted: &str) -> String {
         let _ = writeln!(
             s,
             "  also changes {} (compared on {}):",
-            super::diff::count(f.also.len(), "other cell"),
+            super::count(f.also.len(), "other cell"),
             cols.join(", ")
         );
         for (i, l) in f.changes.lines.iter().enumerate() {
@@ -130,7 +130,7 @@ fn render_text(f: &Fix, wanted: &str) -> String {
                     .map(|c| format!("{}/{}", c.port, c.protocol))
                     .collect::<Vec<_>>()
                     .join(", "),
-                super::diff::count(l.cell_count(), "cell"),
+                super::count(l.cell_count(), "cell"),
                 if f.also.iter().all(|c| c.line != i) {
                     ", the flow itself"
                 } else {
@@ -140,7 +140,7 @@ fn render_text(f: &Fix, wanted: &str) -> String {
         }
     }
     for (d, n) in &f.alternatives {
-        let n = super::diff::count(*n, "other cell");
+        let n = super::count(*n, "other cell");
         let _ = writeln!(s, "  alternative: {d} (also changes {n})");
     }
     let _ = writeln!(s, "---");

@@ -1,11 +1,13 @@
 //! Command-line front end: argument parsing and output formatting only.
 
 mod agent;
+#[cfg(feature = "harness")]
 mod conformance;
 mod dataplane;
 mod diff;
 mod explain;
 mod fix;
+#[cfg(feature = "harness")]
 mod lab;
 mod lint;
 mod matrix;
@@ -18,6 +20,15 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::policy::objects::LoadSummary;
+
+/// `1 cell`, `2 cells`: a count and its noun (diff, fix).
+pub fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
 use crate::policy::Cluster;
 
 /// Exit codes, the same for every command (README "Exit codes").
@@ -57,6 +68,7 @@ enum Command {
     /// Write man pages (one per command) into a directory, or print sluice(1) to stdout.
     Man(meta::ManArgs),
     /// The lab: a cluster of network namespaces on this machine, enforced by sluice.
+    #[cfg(feature = "harness")]
     #[command(subcommand)]
     Lab(lab::LabCommand),
     /// Print the nftables ruleset for one node.
@@ -66,13 +78,16 @@ enum Command {
     /// Compare the installed ruleset with the wanted one (exit 1 on drift).
     Status(dataplane::ApplyArgs),
     /// Run benchmarks and print their results (text, or JSON for machines).
+    #[cfg(feature = "harness")]
     Bench(BenchArgs),
     /// Conformance cases and differential fuzzing against the oracle or the lab.
+    #[cfg(feature = "harness")]
     Conformance(conformance::ConformanceArgs),
     /// The node agent: watch the API and keep this node's rules current (see docs/agent.md).
     Agent(agent::AgentArgs),
 }
 
+#[cfg(feature = "harness")]
 #[derive(Args)]
 struct BenchArgs {
     /// Smaller scales and fewer repetitions (under a minute).
@@ -91,6 +106,7 @@ struct BenchArgs {
     matrix_child: Option<String>,
 }
 
+#[cfg(feature = "harness")]
 fn bench(args: BenchArgs) -> anyhow::Result<i32> {
     if let Some(spec) = &args.matrix_child {
         let (pods, policies) = spec
@@ -214,10 +230,13 @@ fn run_with(cli: Cli) -> i32 {
         Command::Lint(a) => lint::run(a),
         Command::Completions(a) => meta::completions(a),
         Command::Man(a) => meta::man(a),
+        #[cfg(feature = "harness")]
         Command::Bench(a) => bench(a),
+        #[cfg(feature = "harness")]
         Command::Conformance(a) => conformance::run(a),
         Command::Agent(a) => agent::run(a),
         Command::Compile(a) => dataplane::compile_cmd(a),
+        #[cfg(feature = "harness")]
         Command::Lab(c) => lab::run(c),
         Command::Apply(a) => dataplane::apply_cmd(a),
         Command::Status(a) => dataplane::status_cmd(a),

@@ -5,7 +5,7 @@
 //!  fuzz (seeded generator) ──┘      │  world::World (desired policy::Cluster, step by step)
 //!                                   └─> backend::Enforcer: sync(desired), probe(from, to, port)
 //!                                         oracle::OracleEnforcer (policy::evaluate or matrix)
-//!                                         the lab + nftables (plugged in at backend::make_enforcer)
+//!                                         the lab + nftables (plugged in at make::make_enforcer)
 //! ```
 //!
 //! Hand-written cases carry expectations from the Kubernetes spec; generated cases take the
@@ -17,6 +17,7 @@ pub mod case;
 pub mod export;
 pub mod fuzz;
 pub mod lab;
+pub mod make;
 pub mod oracle;
 pub mod report;
 pub mod runner;
@@ -24,6 +25,7 @@ pub mod table;
 pub mod topology;
 pub mod world;
 
-pub use backend::{make_enforcer, AttachMode, BackendKind, BackendOptions, Enforcer, Observed};
+pub use backend::{AttachMode, Enforcer, Observed};
 pub use case::{load_cases, Case};
+pub use make::{make_enforcer, BackendKind, BackendOptions};
 pub use runner::{run_case, CaseResult, ExpectFrom, Outcome, RunOptions};

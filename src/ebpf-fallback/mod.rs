@@ -166,7 +166,7 @@ impl EbpfDataplane {
     /// Runs `f` inside our network namespace (on a short-lived thread when it is not ours).
     fn in_ns<R: Send>(netns: &Option<String>, f: impl FnOnce() -> R + Send) -> Result<R> {
         match netns {
-            Some(n) => crate::lab::netns::exec_in(n, f),
+            Some(n) => crate::netns::exec_in(n, f),
             None => Ok(f()),
         }
     }
@@ -175,7 +175,7 @@ impl EbpfDataplane {
     fn netns_gone(&self) -> bool {
         self.netns
             .as_deref()
-            .is_some_and(|n| !crate::lab::netns::exists(n))
+            .is_some_and(|n| !crate::netns::exists(n))
     }
 
     fn ifindexes(&self, ifaces: Vec<String>) -> Result<BTreeMap<String, u32>> {

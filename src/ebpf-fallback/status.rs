@@ -11,7 +11,7 @@ use super::layout::MapId;
 use super::{tcx_query, translate, AttachMode, EbpfDataplane, PROG_POD_EGRESS, PROG_POD_INGRESS};
 use crate::compile::NodeRuleset;
 use crate::dataplane::Status;
-use crate::nft::installed::Summary;
+use crate::dataplane::Summary;
 
 impl EbpfDataplane {
     /// `Dataplane::status`: the maps and attachments against what `wanted` needs.

@@ -10,6 +10,7 @@ pub mod client;
 pub mod convert;
 pub mod export;
 pub mod snapshot;
+#[cfg(feature = "harness")]
 pub mod testenv;
 pub mod watch;
 

@@ -1,36 +1,20 @@
-//! Network namespaces and the commands that run inside them.
+//! The lab's network namespaces (create, delete, list) and the commands that run inside
+//! them. Entering a namespace is [`crate::netns`]'s (re-exported here).
 //!
 //! Namespaces are created with `ip netns add` (a bind mount under /run/netns), so they are
 //! visible to `ip netns list`, survive our process, and can be cleaned up by name after a crash.
 
 use anyhow::{anyhow, bail, Context, Result};
-use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
-/// Where `ip netns` keeps its bind mounts.
-pub const NETNS_DIR: &str = "/var/run/netns";
+pub use crate::netns::{exec_in, exists, inode, netns_path, NETNS_DIR};
 
 /// `ip netns add` mounts /run/netns on itself the first time; two concurrent first calls can
 /// stack mounts. Serialising creation inside one process (tests run in parallel threads)
 /// avoids that; other processes are rare enough not to matter.
 static CREATE_LOCK: Mutex<()> = Mutex::new(());
-
-/// Path of a named namespace, or the argument itself if it is already a path.
-pub fn netns_path(netns: &str) -> PathBuf {
-    if netns.starts_with('/') {
-        PathBuf::from(netns)
-    } else {
-        Path::new(NETNS_DIR).join(netns)
-    }
-}
-
-pub fn exists(netns: &str) -> bool {
-    netns_path(netns).exists()
-}
 
 /// Create a named network namespace with loopback up.
 pub fn create(netns: &str) -> Result<()> {
@@ -99,48 +83,6 @@ pub fn list() -> Vec<String> {
         .unwrap_or_default();
     out.sort();
     out
-}
-
-/// Inode of the namespace behind a name: identifies one namespace instance, so a pod that was
-/// removed and re-created under the same name is recognised as new.
-pub fn inode(netns: &str) -> Option<u64> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(netns_path(netns)).ok().map(|m| m.ino())
-}
-
-/// Run `f` on a fresh thread that has joined the network namespace `netns` (a name under
-/// /var/run/netns or an absolute path).
-///
-/// A fresh thread is used rather than switching the caller back and forth: the namespace is a
-/// per-thread property, and a thread that dies right after the closure can never leak its
-/// namespace into unrelated work, even if `f` panics. Sockets created inside `f` stay bound to
-/// `netns` for their whole life and may be returned and used from any thread. Child processes
-/// spawned inside `f` inherit `netns` too.
-pub fn exec_in<R, F>(netns: &str, f: F) -> Result<R>
-where
-    F: FnOnce() -> R + Send,
-    R: Send,
-{
-    let path = netns_path(netns);
-    let file = File::open(&path).with_context(|| format!("open netns {}", path.display()))?;
-    std::thread::scope(|s| {
-        let h = s.spawn(move || -> Result<R> {
-            // SAFETY: setns on a valid fd; only affects this (short-lived) thread.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            if rc != 0 {
-                bail!(
-                    "setns {}: {}",
-                    path.display(),
-                    std::io::Error::last_os_error()
-                );
-            }
-            Ok(f())
-        });
-        match h.join() {
-            Ok(r) => r,
-            Err(p) => std::panic::resume_unwind(p),
-        }
-    })
 }
 
 /// Write a sysctl inside a namespace. /proc/sys/net resolves the namespace of the task that

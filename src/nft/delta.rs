@@ -6,36 +6,11 @@
 
 use std::collections::BTreeSet;
 
-use serde::Serialize;
 use serde_json::Value;
 
 use super::json;
 use crate::compile::ir::*;
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeltaStats {
-    pub commands: usize,
-    pub elements_added: usize,
-    pub elements_removed: usize,
-    pub chains_added: usize,
-    pub chains_rewritten: usize,
-    pub chains_removed: usize,
-    pub sets_added: usize,
-    pub sets_removed: usize,
-}
-
-impl DeltaStats {
-    pub fn elements_changed(&self) -> usize {
-        self.elements_added + self.elements_removed
-    }
-    pub fn chains_touched(&self) -> usize {
-        self.chains_added + self.chains_rewritten + self.chains_removed
-    }
-    pub fn is_empty(&self) -> bool {
-        self.commands == 0
-    }
-}
+use crate::dataplane::DeltaStats;
 
 pub struct Delta {
     pub commands: Vec<Value>,

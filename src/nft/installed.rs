@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use serde::Serialize;
 use serde_json::Value;
 
 use super::runner::Nft;
-use crate::compile::ir::{NodeRuleset, Table, TableFamily};
+use crate::compile::ir::{NodeRuleset, TableFamily};
 use crate::compile::TABLE;
+use crate::dataplane::Summary;
 
 /// Chains with their rules and sets with their sorted elements, handles stripped: equal
 /// fingerprints mean the kernel holds the same ruleset.
@@ -234,62 +234,6 @@ fn differ(what: &str, name: &str, have: &Value, want: &Value) -> Vec<String> {
         out.push(format!("{what} {name} differs"));
     }
     out
-}
-
-/// Names and sizes, enough to see at a glance whether installed matches wanted.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Summary {
-    /// `family/chain` -> number of rules.
-    pub chains: BTreeMap<String, usize>,
-    /// `family/set` -> number of elements.
-    pub sets: BTreeMap<String, usize>,
-}
-
-impl Summary {
-    pub fn of_tables(tables: &[Table]) -> Summary {
-        let mut s = Summary::default();
-        for t in tables {
-            for (name, c) in &t.chains {
-                s.chains
-                    .insert(format!("{}/{name}", t.family.name()), c.rules.len());
-            }
-            for (name, set) in &t.sets {
-                s.sets
-                    .insert(format!("{}/{name}", t.family.name()), set.elements.len());
-            }
-        }
-        s
-    }
-
-    pub fn wanted(rs: &NodeRuleset) -> Summary {
-        Summary::of_tables(&rs.tables)
-    }
-
-    /// Human-readable differences (empty when equal).
-    pub fn differences(&self, wanted: &Summary) -> Vec<String> {
-        let mut out = Vec::new();
-        for (kind, have, want) in [
-            ("chain", &self.chains, &wanted.chains),
-            ("set", &self.sets, &wanted.sets),
-        ] {
-            let unit = if kind == "chain" { "rules" } else { "elements" };
-            for (name, n) in want {
-                match have.get(name) {
-                    None => out.push(format!("{kind} {name} is missing")),
-                    Some(h) if h != n => {
-                        out.push(format!("{kind} {name} has {h} {unit}, wanted {n}"))
-                    }
-                    Some(_) => {}
-                }
-            }
-            for name in have.keys() {
-                if !want.contains_key(name) {
-                    out.push(format!("{kind} {name} is installed but not wanted"));
-                }
-            }
-        }
-        out
-    }
 }
 
 fn strip_handles(v: &mut Value) {

@@ -12,17 +12,22 @@ use std::time::Instant;
 use anyhow::Result;
 
 use crate::compile::ir::{NodeRuleset, TableFamily};
-use crate::dataplane::{ApplyReport, Dataplane, Status};
+use crate::dataplane::{ApplyReport, Dataplane, Status, Summary};
 pub use runner::Nft;
 
 /// nftables in one network namespace (the current one, or a named one).
 pub struct NftDataplane {
     pub nft: Nft,
+    /// Read back by the last [`Dataplane::verify`]; the drift check compares against it.
+    fingerprint: Option<installed::Fingerprint>,
 }
 
 impl NftDataplane {
     pub fn new(nft: Nft) -> Self {
-        NftDataplane { nft }
+        NftDataplane {
+            nft,
+            fingerprint: None,
+        }
     }
 }
 
@@ -67,7 +72,7 @@ impl Dataplane for NftDataplane {
     /// [`installed::Fingerprint::expected`]).
     fn status(&self, wanted: &NodeRuleset) -> Result<Status> {
         let (have, installed) = installed::read(&self.nft)?;
-        let want = installed::Summary::wanted(wanted);
+        let want = Summary::wanted(wanted);
         let differences = have.differences(&installed::Fingerprint::expected(wanted)?);
         Ok(Status {
             in_sync: differences.is_empty(),
@@ -85,5 +90,25 @@ impl Dataplane for NftDataplane {
             cmds.push(json::delete_table(&t));
         }
         self.nft.apply_json(&json::batch(cmds))
+    }
+
+    /// Reads the tables back and compares names and sizes (cheap); keeps the fingerprint of
+    /// what it read for the drift check.
+    fn verify(&mut self, wanted: &NodeRuleset) -> Result<Vec<String>> {
+        let (fp, have) = installed::read(&self.nft)?;
+        let diff = have.differences(&Summary::wanted(wanted));
+        self.fingerprint = Some(fp);
+        Ok(diff)
+    }
+
+    /// Compares the fingerprint of what the kernel holds now with the one read right after
+    /// the last apply: any edit (a flushed set, a rule added by hand) shows, whatever it was.
+    fn drift(&mut self, _wanted: &NodeRuleset) -> Result<Option<Vec<String>>> {
+        let (fp, _) = installed::read(&self.nft)?;
+        if self.fingerprint.as_ref() == Some(&fp) {
+            return Ok(None);
+        }
+        self.fingerprint = None;
+        Ok(Some(Vec::new()))
     }
 }

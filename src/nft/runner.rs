@@ -28,22 +28,7 @@ impl Nft {
         let mut c = Command::new("nft");
         c.args(args);
         if let Some(ns) = &self.netns {
-            // Enter the namespace in the child just before exec: one process, not
-            // `ip netns exec`'s two, which matters when a delta is a few elements.
-            use std::os::fd::AsRawFd;
-            use std::os::unix::process::CommandExt;
-            let file = std::fs::File::open(format!("/run/netns/{ns}"))
-                .with_context(|| format!("network namespace {ns} does not exist"))?;
-            // SAFETY: setns is async-signal-safe; the fd stays open in `file`, which the
-            // closure owns, until the child has exec'd.
-            unsafe {
-                c.pre_exec(move || {
-                    if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            crate::netns::enter_before_exec(&mut c, ns)?;
         }
         Ok(c)
     }
