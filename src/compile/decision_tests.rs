@@ -201,3 +201,22 @@ fn decisions_serialise() {
     assert_eq!(v["pods"][0]["ingress"]["isolation"]["state"], "isolated");
     assert_eq!(v["pods"][0]["ingress"]["default"], "Drop");
 }
+
+/// Tiers to come: a Continue clause lowers to `return` (back to the pod chain, on to its next
+/// tier), a Drop clause to `drop`.
+#[test]
+fn continue_and_drop_clauses_lower_to_return_and_drop() {
+    use super::ir::{TableFamily, Verdict};
+    let mut d = decisions(
+        "kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {name: web, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{ports: [{port: 80}, {protocol: UDP}]}]\n",
+    );
+    let name = d.pods[0].ingress.tiers[0].clone();
+    let book = d.rulebooks.get_mut(&name).unwrap();
+    book.clauses[0].action = Action::Continue;
+    book.clauses[1].action = Action::Drop;
+    let rs = super::lower::lower(d);
+    let chain = &rs.table(TableFamily::Inet).unwrap().chains[&name];
+    let verdicts: Vec<&Verdict> = chain.rules.iter().map(|r| &r.verdict).collect();
+    assert_eq!(verdicts, [&Verdict::Return, &Verdict::Drop]);
+    assert!(crate::nft::text::render(&rs).contains("th dport 80 return"));
+}

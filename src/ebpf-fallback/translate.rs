@@ -442,6 +442,40 @@ fn describe(peer: &PeerMatch, port: &PortMatch) -> String {
 mod tests {
     use super::*;
 
+    /// The classifier only accepts on a common bit: a tier that drops or continues cannot be
+    /// encoded yet, and its pods fail closed rather than open.
+    #[test]
+    fn clauses_other_than_accept_fail_closed() {
+        use crate::compile::{compile, Attach, CompileInput};
+        let mut b = crate::policy::objects::ClusterBuilder::new();
+        b.add_text(
+            "test",
+            "kind: Pod\napiVersion: v1\nmetadata: {name: a, namespace: x}\nspec: {nodeName: node-0, containers: [{name: c}]}\nstatus: {podIP: 10.244.0.2}\n---\nkind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {name: web, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{ports: [{port: 80}]}]\n",
+        );
+        let (cluster, _) = b.build();
+        let mut rs = compile(&CompileInput {
+            cluster: &cluster,
+            node: "node-0",
+            attach: Attach::Routed,
+            attachments: &BTreeMap::new(),
+        });
+        let t = translate(&rs);
+        assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+        let iface = rs.decisions.pods[0].iface.clone();
+        assert!(matches!(t.pods[&iface].ctx[0], CtxRef::Ctx(_)));
+        for book in rs.decisions.rulebooks.values_mut() {
+            book.clauses[0].action = Action::Continue;
+        }
+        let t = translate(&rs);
+        assert!(
+            matches!(&t.pods[&iface].ctx[0], CtxRef::FailClosed(m) if m.contains("Continue")),
+            "{:?}",
+            t.pods[&iface]
+        );
+        assert_eq!(t.pods[&iface].ctx[1], CtxRef::Open);
+        assert_eq!(t.warnings.len(), 1);
+    }
+
     #[test]
     fn port_ranges_become_prefixes() {
         assert_eq!(port_prefixes(80, 80), [(80, 16)]);
