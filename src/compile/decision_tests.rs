@@ -47,7 +47,7 @@ fn ip(s: &str) -> IpAddr {
 }
 
 /// The only local pod's direction, and its one rulebook.
-fn only<'a>(d: &'a NodeDecisions, ingress: bool) -> (&'a DirDecision, &'a Rulebook) {
+fn only(d: &NodeDecisions, ingress: bool) -> (&DirDecision, &Rulebook) {
     assert_eq!(d.pods.len(), 1, "{d:?}");
     let p = &d.pods[0];
     let dd = if ingress { &p.ingress } else { &p.egress };
