@@ -1,20 +1,21 @@
-//! Cluster snapshot + node -> [`NodeRuleset`]. Pure and deterministic.
+//! Cluster snapshot + node -> [`NodeDecisions`] -> [`NodeRuleset`]. Pure and deterministic.
 //!
-//! Shape (see docs/dataplane.md): base chains per direction dispatch a local pod's packets
-//! through a verdict map to its pod chain; the pod chain jumps to the chain of its isolating
-//! policies (shared by pods with the same policies, see [`super::profile`]) and ends in drop.
-//! Peers are sets, so pod churn is set-element churn, not rule churn.
+//! [`decide`] says per local pod and direction whether it is isolated and by which rulebook
+//! (shared by pods with the same policies, see [`super::profile`]); [`super::lower`] gives the
+//! decisions their nftables shape. Peers are sets, so pod churn is set-element churn, not rule
+//! churn.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::ir::*;
+use super::decision::{Action, AntiSpoof, DirDecision, Isolation, NodeDecisions, PodDecision};
+use super::ir::{Attach, Family, NodeRuleset};
 use super::names;
-use super::profile::{add_profile_chain, dir_name, peer_side, ProfileInput};
+use super::profile::{add_rulebook, ProfileInput};
 use super::select::PodIndex;
-use crate::policy::model::{Cluster, Direction, ObjectName, Peer, Pod, Policy};
+use crate::policy::model::{Cluster, Direction, ObjectName, Peer, Pod};
 
 /// Table names: one inet table for filtering, one bridge table for anti-spoofing.
 pub const TABLE: &str = "sluice";
@@ -35,25 +36,25 @@ pub struct CompileInput<'a> {
     pub attachments: &'a BTreeMap<ObjectName, Attachment>,
 }
 
-/// Base chain priorities relative to `filter`: egress first, then ingress, so an accept of
-/// the egress chain still leaves the packet to the ingress chain.
-const EGRESS_PRIORITY: i32 = -10;
-const INGRESS_PRIORITY: i32 = -5;
-
-fn dispatch_map(d: Direction, family: Option<Family>) -> String {
-    match family {
-        None => format!("{}_dispatch", dir_name(d)),
-        Some(f) => format!("{}_dispatch_{}", dir_name(d), f.suffix()),
-    }
+/// Decides, then lowers the decisions to nftables tables (see [`super::lower`]).
+pub fn compile(input: &CompileInput) -> NodeRuleset {
+    super::lower::lower(decide(input))
 }
 
-pub fn compile(input: &CompileInput) -> NodeRuleset {
+/// The per-pod decisions of one node (see [`super::decision`]).
+pub fn decide(input: &CompileInput) -> NodeDecisions {
     let cluster = input.cluster;
     let families = families(cluster);
-    let mut inet = Table::new(TableFamily::Inet, TABLE);
-    let mut warnings = Vec::new();
-    add_base_chains(&mut inet, input.attach, &families);
-
+    let mut d = NodeDecisions {
+        node: input.node.to_string(),
+        attach: input.attach,
+        families: families.clone(),
+        accept_established: true,
+        pods: Vec::new(),
+        rulebooks: BTreeMap::new(),
+        peer_sets: BTreeMap::new(),
+        named_ports: BTreeMap::new(),
+    };
     let local: Vec<&Pod> = cluster
         .pods
         .values()
@@ -61,12 +62,6 @@ pub fn compile(input: &CompileInput) -> NodeRuleset {
         .collect();
 
     let index = PodIndex::new(cluster);
-    let mut pods_out = Vec::new();
-    let mut bridge = Table::new(TableFamily::Bridge, TABLE);
-    match input.attach {
-        Attach::Bridged => add_guard_base(&mut bridge, input.attach),
-        Attach::Routed => add_guard_base(&mut inet, input.attach),
-    }
     for pod in &local {
         let name = pod.object_name();
         let attachment = input.attachments.get(&name).cloned().unwrap_or_default();
@@ -75,112 +70,103 @@ pub fn compile(input: &CompileInput) -> NodeRuleset {
             .clone()
             .unwrap_or_else(|| names::default_iface(&pod.namespace, &pod.name));
         let fails_closed = cluster.fails_closed(pod);
-        let mut iso = Vec::new();
+        let mut dirs = Vec::new();
         for dir in [Direction::Ingress, Direction::Egress] {
-            let chain = names::pod_chain(&pod.namespace, &pod.name, dir_name(dir));
-            let isolation = if let Some(fc) = &fails_closed {
-                let reason = format!("{name} fails closed: {}", fc.reason);
-                warnings.push(format!("{reason} ({dir})"));
-                inet.chains.insert(
-                    chain.clone(),
-                    Chain {
-                        base: None,
-                        rules: vec![Rule {
-                            matches: vec![],
-                            verdict: Verdict::Drop,
-                            comment: Some(if fc.policies.iter().all(|p| p.starts_with("cnp/")) {
-                                format!("{name}: ClusterNetworkPolicy not enforced, fail closed")
-                            } else {
-                                format!("{name}: invalid policy, fail closed")
-                            }),
-                        }],
-                        comment: Some(reason.clone()),
+            dirs.push(if let Some(fc) = &fails_closed {
+                DirDecision {
+                    isolation: Isolation::FailClosed {
+                        policies: fc.policies.clone(),
+                        reason: format!("{name} fails closed: {}", fc.reason),
                     },
-                );
-                Isolation::FailedClosed {
-                    chain: chain.clone(),
-                    reason,
+                    drop_invalid: false,
+                    accept_peers: vec![],
+                    tiers: vec![],
+                    default: Action::Drop,
                 }
             } else {
                 let policies = cluster.isolating(pod, dir);
                 if policies.is_empty() {
-                    iso.push(Isolation::Open);
-                    continue;
-                }
-                let profile = add_profile_chain(
-                    &mut inet,
-                    &ProfileInput {
-                        index: &index,
-                        policies: &policies,
-                        dir,
-                        local: &local,
-                        families: &families,
-                    },
-                );
-                inet.chains
-                    .insert(chain.clone(), pod_chain(pod, dir, &policies, &profile));
-                Isolation::Isolated {
-                    chain: chain.clone(),
-                    policies: policies
-                        .iter()
-                        .map(|p| p.object_name().to_string())
-                        .collect(),
-                }
-            };
-            // Dispatch the pod's packets to its chain.
-            match input.attach {
-                Attach::Routed => {
-                    insert_element(
-                        &mut inet,
-                        &dispatch_map(dir, None),
-                        Element::IfnameJump(iface.clone(), chain.clone()),
+                    DirDecision {
+                        isolation: Isolation::Open,
+                        drop_invalid: false,
+                        accept_peers: vec![],
+                        tiers: vec![],
+                        default: Action::Accept,
+                    }
+                } else {
+                    let book = add_rulebook(
+                        &mut d,
+                        &ProfileInput {
+                            index: &index,
+                            policies: &policies,
+                            dir,
+                            local: &local,
+                            families: &families,
+                        },
                     );
-                }
-                Attach::Bridged => {
-                    if pod.ips.is_empty() {
-                        warnings.push(format!("{name} has no IP yet: in bridged mode it cannot be dispatched until it has one"));
+                    DirDecision {
+                        isolation: Isolation::Isolated {
+                            policies: policies
+                                .iter()
+                                .map(|p| p.object_name().to_string())
+                                .collect(),
+                        },
+                        drop_invalid: true,
+                        // Hairpin through a Service: the pod reaching itself is never filtered.
+                        accept_peers: pod.ips.clone(),
+                        tiers: vec![book],
+                        default: Action::Drop,
                     }
-                    for ip in &pod.ips {
-                        let map = dispatch_map(dir, Some(Family::of(ip)));
-                        insert_element(&mut inet, &map, Element::AddrJump(*ip, chain.clone()));
-                    }
                 }
-            }
-            iso.push(isolation);
+            });
         }
+        let egress = dirs.pop().expect("two directions");
+        let ingress = dirs.pop().expect("two directions");
         // Every packet the pod sends must carry one of its own addresses, whatever its
         // policies: spoofing is the one way around a correct policy.
-        match input.attach {
-            Attach::Bridged => add_guard(
-                &mut bridge,
-                input.attach,
-                pod,
-                &iface,
-                attachment.mac.as_deref(),
-            ),
-            Attach::Routed => add_guard(&mut inet, input.attach, pod, &iface, None),
-        }
-        let egress = iso.pop().unwrap_or(Isolation::Open);
-        let ingress = iso.pop().unwrap_or(Isolation::Open);
-        pods_out.push(LocalPod {
-            pod: name.to_string(),
-            iface: Some(iface),
+        let anti_spoof = anti_spoof(input.attach, pod, attachment.mac.as_deref());
+        d.pods.push(PodDecision {
+            pod: name,
+            iface,
             ips: pod.ips.clone(),
             ingress,
             egress,
+            anti_spoof,
         });
     }
+    d
+}
 
-    let mut tables = vec![inet];
-    if input.attach == Attach::Bridged {
-        tables.push(bridge);
-    }
-    NodeRuleset {
-        node: input.node.to_string(),
-        attach: input.attach,
-        tables,
-        pods: pods_out,
-        warnings,
+/// What a pod may send from. A pod without an IPv4 address may send no IPv4 at all, and
+/// without an IPv6 address only link-local and unspecified IPv6 (neighbour discovery): fail
+/// closed. MAC and ARP sender are pinned only on a bridge (routed: the node routes each pod
+/// address only to that pod's veth).
+fn anti_spoof(attach: Attach, pod: &Pod, mac: Option<&str>) -> AntiSpoof {
+    let bridged = attach == Attach::Bridged;
+    let v4: Vec<IpNet> = pod
+        .ips
+        .iter()
+        .filter(|ip| ip.is_ipv4())
+        .map(|ip| IpNet::from(*ip))
+        .collect();
+    let mut v6: Vec<IpNet> = pod
+        .ips
+        .iter()
+        .filter(|ip| ip.is_ipv6())
+        .map(|ip| IpNet::from(*ip))
+        .collect();
+    // Link-local and unspecified sources are how IPv6 neighbour discovery starts.
+    v6.push("fe80::/10".parse().unwrap());
+    v6.push("::/128".parse().unwrap());
+    let arp = match v4.first() {
+        Some(IpNet::V4(a)) if bridged => Some(IpAddr::V4(a.addr())),
+        _ => None,
+    };
+    AntiSpoof {
+        mac: mac.filter(|_| bridged).map(|m| m.to_ascii_lowercase()),
+        v4,
+        arp,
+        v6,
     }
 }
 
@@ -207,158 +193,6 @@ fn families(cluster: &Cluster) -> Vec<Family> {
     set.into_iter().collect()
 }
 
-fn insert_element(table: &mut Table, set: &str, e: Element) {
-    table
-        .sets
-        .get_mut(set)
-        .unwrap_or_else(|| panic!("set {set} is declared with the base chains"))
-        .elements
-        .insert(e);
-}
-
-fn ct_rules() -> Vec<Rule> {
-    vec![Rule {
-        matches: vec![Match::CtState(vec!["established", "related"])],
-        verdict: Verdict::Accept,
-        comment: Some("replies and related traffic of allowed connections".into()),
-    }]
-}
-
-fn add_base_chains(t: &mut Table, attach: Attach, families: &[Family]) {
-    let base = |hook: Hook, priority: i32, dir: Direction, comment: &str| {
-        let side = match dir {
-            Direction::Egress => Side::Src,
-            Direction::Ingress => Side::Dst,
-        };
-        let mut rules = ct_rules();
-        match attach {
-            Attach::Routed => rules.push(Rule {
-                matches: vec![],
-                verdict: Verdict::IfnameVmap {
-                    side,
-                    map: dispatch_map(dir, None),
-                },
-                comment: None,
-            }),
-            Attach::Bridged => {
-                for f in families {
-                    rules.push(Rule {
-                        matches: vec![],
-                        verdict: Verdict::AddrVmap {
-                            family: *f,
-                            side,
-                            map: dispatch_map(dir, Some(*f)),
-                        },
-                        comment: None,
-                    });
-                }
-            }
-        }
-        Chain {
-            base: Some(BaseHook { hook, priority }),
-            rules,
-            comment: Some(comment.to_string()),
-        }
-    };
-    t.chains.insert(
-        "base_egress".into(),
-        base(
-            Hook::Forward,
-            EGRESS_PRIORITY,
-            Direction::Egress,
-            "egress of local pods: dispatch by source pod",
-        ),
-    );
-    t.chains.insert(
-        "base_ingress".into(),
-        base(
-            Hook::Forward,
-            INGRESS_PRIORITY,
-            Direction::Ingress,
-            "ingress of local pods: dispatch by destination pod",
-        ),
-    );
-    t.chains.insert(
-        "base_to_node".into(),
-        base(
-            Hook::Input,
-            EGRESS_PRIORITY,
-            Direction::Egress,
-            "local pods to their own node: egress applies",
-        ),
-    );
-    for dir in [Direction::Egress, Direction::Ingress] {
-        match attach {
-            Attach::Routed => {
-                t.sets.insert(
-                    dispatch_map(dir, None),
-                    Set {
-                        ty: SetType::IfnameVerdict,
-                        elements: BTreeSet::new(),
-                        comment: Some(format!(
-                            "host-side interface -> pod {} chain",
-                            dir_name(dir)
-                        )),
-                    },
-                );
-            }
-            Attach::Bridged => {
-                for f in families {
-                    t.sets.insert(
-                        dispatch_map(dir, Some(*f)),
-                        Set {
-                            ty: SetType::AddrVerdict(*f),
-                            elements: BTreeSet::new(),
-                            comment: Some(format!("pod address -> pod {} chain", dir_name(dir))),
-                        },
-                    );
-                }
-            }
-        }
-    }
-}
-
-/// `pod_<ns>_<name>_<dir>`: invalid packets dropped, the pod may reach itself, then the
-/// chain of its isolating policies, then drop.
-fn pod_chain(pod: &Pod, dir: Direction, policies: &[&Policy], profile: &str) -> Chain {
-    let name = pod.object_name();
-    let mut rules = vec![Rule {
-        matches: vec![Match::CtState(vec!["invalid"])],
-        verdict: Verdict::Drop,
-        comment: None,
-    }];
-    for ip in &pod.ips {
-        // Hairpin through a Service: the pod reaching itself is never filtered.
-        rules.push(Rule {
-            matches: vec![Match::AddrIs {
-                side: peer_side(dir),
-                addr: *ip,
-            }],
-            verdict: Verdict::Accept,
-            comment: Some(format!("{name} to itself")),
-        });
-    }
-    rules.push(Rule {
-        matches: vec![],
-        verdict: Verdict::Jump(profile.to_string()),
-        comment: None,
-    });
-    let by: Vec<String> = policies
-        .iter()
-        .map(|p| p.object_name().to_string())
-        .collect();
-    rules.push(Rule {
-        matches: vec![],
-        verdict: Verdict::Drop,
-        comment: Some(format!("{name} {dir}: isolated by {}", by.join(", "))),
-    });
-    Chain {
-        base: None,
-        rules,
-        comment: None,
-    }
-}
-
 /// Sorts and merges overlapping or adjacent inclusive ranges (nft rejects overlaps).
 pub fn merge_ranges(ranges: impl Iterator<Item = (u16, u16)>) -> Vec<(u16, u16)> {
     let mut v: Vec<(u16, u16)> = ranges.collect();
@@ -373,143 +207,9 @@ pub fn merge_ranges(ranges: impl Iterator<Item = (u16, u16)>) -> Vec<(u16, u16)>
     out
 }
 
-/// Anti-spoofing: each local pod's interface may only send with the pod's own addresses.
-///
-/// Bridged: `table bridge sluice` sees the frames of each bridge port (and pins its MAC and
-/// ARP sender too). Routed: the pod's host veth is its own, so the guard is a prerouting chain
-/// of the inet table, at raw priority: before conntrack (a spoofed packet never creates or
-/// matches a connection, so `ct state established` cannot let it by) and before the forward
-/// and input hooks, so it covers traffic to other pods and to the node alike. ARP needs no
-/// guard there: the node routes each pod address only to that pod's veth.
-fn add_guard_base(t: &mut Table, attach: Attach) {
-    let (priority, comment) = match attach {
-        Attach::Bridged => (0, "anti-spoofing: frames from a pod's bridge port"),
-        Attach::Routed => (
-            GUARD_PRIORITY_ROUTED,
-            "anti-spoofing: packets from a pod's host veth",
-        ),
-    };
-    t.chains.insert(
-        "base_guard".into(),
-        Chain {
-            base: Some(BaseHook {
-                hook: Hook::Prerouting,
-                priority,
-            }),
-            rules: vec![Rule {
-                matches: vec![],
-                verdict: Verdict::IfnameVmap {
-                    side: Side::Src,
-                    map: "guard_dispatch".into(),
-                },
-                comment: None,
-            }],
-            comment: Some(comment.into()),
-        },
-    );
-    let comment = match attach {
-        Attach::Bridged => "bridge port -> guard chain",
-        Attach::Routed => "host-side interface -> guard chain",
-    };
-    t.sets.insert(
-        "guard_dispatch".into(),
-        Set {
-            ty: SetType::IfnameVerdict,
-            elements: BTreeSet::new(),
-            comment: Some(comment.into()),
-        },
-    );
-}
-
-/// Routed guard priority relative to `filter`: -300 is nftables' `raw`, before conntrack (-200).
-const GUARD_PRIORITY_ROUTED: i32 = -300;
-
-/// The guard chain of one pod: drop what does not come from its own MAC (bridged only) and
-/// addresses. A pod without an IPv4 address may send no IPv4 at all, and without an IPv6
-/// address only link-local and unspecified IPv6 (neighbour discovery): fail closed.
-fn add_guard(t: &mut Table, attach: Attach, pod: &Pod, iface: &str, mac: Option<&str>) {
-    let name = pod.object_name();
-    let chain = names::guard_chain(&pod.namespace, &pod.name);
-    let mut rules = Vec::new();
-    if let Some(mac) = mac {
-        rules.push(Rule {
-            matches: vec![Match::EtherSaddrNot(mac.to_ascii_lowercase())],
-            verdict: Verdict::Drop,
-            comment: Some(format!("{name}: foreign MAC")),
-        });
-    }
-    let v4: Vec<IpNet> = pod
-        .ips
-        .iter()
-        .filter(|ip| ip.is_ipv4())
-        .map(|ip| IpNet::from(*ip))
-        .collect();
-    let mut v6: Vec<IpNet> = pod
-        .ips
-        .iter()
-        .filter(|ip| ip.is_ipv6())
-        .map(|ip| IpNet::from(*ip))
-        .collect();
-    // Link-local and unspecified sources are how IPv6 neighbour discovery starts.
-    v6.push("fe80::/10".parse().unwrap());
-    v6.push("::/128".parse().unwrap());
-    let v4_match = if v4.is_empty() {
-        vec![Match::EtherProto("ip")] // no IPv4 address: no IPv4 source is its own
-    } else {
-        vec![
-            Match::EtherProto("ip"),
-            Match::AddrNotIn {
-                family: Family::V4,
-                side: Side::Src,
-                addrs: v4.clone(),
-            },
-        ]
-    };
-    rules.push(Rule {
-        matches: v4_match,
-        verdict: Verdict::Drop,
-        comment: Some(format!("{name}: foreign IPv4 source")),
-    });
-    // ARP is seen only by the bridge family (and matters only on a shared segment).
-    if let (Some(IpNet::V4(a)), Attach::Bridged) = (v4.first(), attach) {
-        rules.push(Rule {
-            matches: vec![
-                Match::EtherProto("arp"),
-                Match::ArpSaddrIpNot(IpAddr::V4(a.addr())),
-            ],
-            verdict: Verdict::Drop,
-            comment: Some(format!("{name}: foreign ARP sender")),
-        });
-    }
-    rules.push(Rule {
-        matches: vec![
-            Match::EtherProto("ip6"),
-            Match::AddrNotIn {
-                family: Family::V6,
-                side: Side::Src,
-                addrs: v6,
-            },
-        ],
-        verdict: Verdict::Drop,
-        comment: Some(format!("{name}: foreign IPv6 source")),
-    });
-    t.chains.insert(
-        chain.clone(),
-        Chain {
-            base: None,
-            rules,
-            comment: Some(format!("{name} on {iface}")),
-        },
-    );
-    t.sets
-        .get_mut("guard_dispatch")
-        .expect("declared by add_guard_base")
-        .elements
-        .insert(Element::IfnameJump(iface.to_string(), chain));
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::ir::*;
     use super::*;
 
     fn routed(text: &str) -> NodeRuleset {

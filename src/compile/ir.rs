@@ -1,8 +1,10 @@
-//! The backend-neutral ruleset: tables of chains and sets, with a small typed rule language.
+//! The nftables-shaped ruleset: tables of chains and sets, with a small typed rule language,
+//! lowered from the per-pod decisions ([`super::decision`]) by [`super::lower`].
 //!
 //! Every nftables construct sluice uses is named here once, so the JSON renderer (what is
 //! applied) and the text renderer (what people read and `nft -c` checks) cannot drift apart
-//! in what they express, and the eBPF fallback can read the same structure.
+//! in what they express. (It stays in `compile` because [`NodeRuleset`] holds it and `nft`
+//! depends on `compile`, never the reverse.)
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -133,6 +135,8 @@ pub enum Verdict {
     Accept,
     Drop,
     Jump(String),
+    /// Back to the calling chain (a rulebook's Continue clause).
+    Return,
     /// `iifname vmap @map` / `oifname vmap @map`
     IfnameVmap {
         side: Side,
@@ -286,7 +290,8 @@ pub enum Isolation {
     FailedClosed { chain: String, reason: String },
 }
 
-/// Everything one node needs: the tables, plus what was decided per pod.
+/// Everything one node needs: the per-pod decisions, and the nftables tables lowered from
+/// them (eagerly: every reader of a ruleset, from `nft` to the agent's metrics, wants them).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NodeRuleset {
     pub node: String,
@@ -295,6 +300,8 @@ pub struct NodeRuleset {
     pub pods: Vec<LocalPod>,
     /// Problems worth a look (pods failing closed, pods without interface or IP).
     pub warnings: Vec<String>,
+    /// What the tables were lowered from; the eBPF dataplane encodes these directly.
+    pub decisions: super::decision::NodeDecisions,
 }
 
 impl NodeRuleset {

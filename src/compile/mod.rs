@@ -1,10 +1,15 @@
-//! Cluster snapshot + node -> backend-neutral [`NodeRuleset`]. Pure: no I/O, deterministic.
+//! Cluster snapshot + node -> per-pod decisions ([`decision`]) -> [`NodeRuleset`] with the
+//! nftables tables lowered from them ([`ir`], `lower`). Pure: no I/O, deterministic.
 
 mod build;
+pub mod decision;
+#[cfg(test)]
+mod decision_tests;
 pub mod ir;
+mod lower;
 pub mod names;
 mod profile;
 mod select;
 
-pub use build::{compile, merge_ranges, Attachment, CompileInput, TABLE};
+pub use build::{compile, decide, merge_ranges, Attachment, CompileInput, TABLE};
 pub use ir::{Attach, NodeRuleset};

@@ -1,9 +1,9 @@
-//! Policy chains: one chain per distinct set of policies isolating a pod in a direction,
-//! shared by every local pod with that set.
+//! Rulebooks: one per distinct set of policies isolating a pod in a direction, shared by
+//! every local pod with that set (nftables makes each a chain).
 //!
 //! Per packet the cost must not grow with the number of policies, so rules of all those
 //! policies that allow the same ports are merged: their peers become one union set and the
-//! chain has one rule per distinct port clause (and per family), not one per policy rule.
+//! rulebook has one clause per distinct port clause (and per family), not one per policy rule.
 //! Named ports resolve per pod and stay per rule for ingress; egress named ports merge into
 //! one `addr . proto . port` set of the peers' own resolutions.
 
@@ -11,7 +11,11 @@ use std::collections::BTreeSet;
 
 use ipnet::IpNet;
 
-use super::ir::*;
+use super::decision::{
+    Action, Clause, NamedPortSet, NodeDecisions, PeerMatch, PeerMembers, PeerSet, PortMatch,
+    Rulebook,
+};
+use super::ir::{Family, Side};
 use super::names;
 use super::select::PodIndex;
 use crate::policy::ipblock::IpBlock;
@@ -33,7 +37,7 @@ pub fn peer_side(d: Direction) -> Side {
     }
 }
 
-/// The chain for `policies` (sorted by name, all in one namespace) in `dir`.
+/// The rulebook (and nft chain) name for `policies` (sorted by name, all in one namespace) in `dir`.
 pub fn chain_name(policies: &[&Policy], dir: Direction) -> String {
     let first = policies[0];
     if policies.len() == 1 {
@@ -76,10 +80,10 @@ pub struct ProfileInput<'a, 'b> {
     pub families: &'b [Family],
 }
 
-/// Builds the chain (and its sets) into `t` unless it is already there.
-pub fn add_profile_chain(t: &mut Table, input: &ProfileInput) -> String {
+/// Builds the rulebook (and its sets) into `d` unless it is already there.
+pub fn add_rulebook(d: &mut NodeDecisions, input: &ProfileInput) -> String {
     let name = chain_name(input.policies, input.dir);
-    if t.chains.contains_key(&name) {
+    if d.rulebooks.contains_key(&name) {
         return name;
     }
     let dir = input.dir;
@@ -99,9 +103,15 @@ pub fn add_profile_chain(t: &mut Table, input: &ProfileInput) -> String {
                 })
         })
         .collect();
-    let mut rules = Vec::new();
+    let mut clauses = Vec::new();
+    let accept = |peer: PeerMatch, port: PortMatch, label: String| Clause {
+        peer,
+        port,
+        action: Action::Accept,
+        label,
+    };
     // Numeric ports: group rules by their port clause, merge their peers.
-    let mut groups: Vec<(Vec<Match>, Vec<&Contributor>)> = Vec::new();
+    let mut groups: Vec<(PortMatch, Vec<&Contributor>)> = Vec::new();
     for c in &contributors {
         for alt in numeric_port_alts(c.rule) {
             match groups.iter_mut().find(|(a, _)| *a == alt) {
@@ -111,23 +121,14 @@ pub fn add_profile_chain(t: &mut Table, input: &ProfileInput) -> String {
         }
     }
     for (alt, members) in &groups {
-        let comment = Some(comment_for(members));
+        let comment = comment_for(members);
         if members.iter().any(|c| c.rule.peers.is_empty()) {
-            rules.push(Rule {
-                matches: alt.clone(),
-                verdict: Verdict::Accept,
-                comment,
-            });
+            clauses.push(accept(PeerMatch::Any, alt.clone(), comment));
             continue;
         }
         for &family in input.families {
-            for peer in union_peer_matches(t, input.index, members, dir, family) {
-                let matches = peer.into_iter().chain(alt.iter().cloned()).collect();
-                rules.push(Rule {
-                    matches,
-                    verdict: Verdict::Accept,
-                    comment: comment.clone(),
-                });
+            for set in union_peer_sets(d, input.index, members, family) {
+                clauses.push(accept(PeerMatch::Set(set), alt.clone(), comment.clone()));
             }
         }
     }
@@ -137,28 +138,30 @@ pub fn add_profile_chain(t: &mut Table, input: &ProfileInput) -> String {
         for &family in input.families {
             match dir {
                 Direction::Egress => {
-                    let set = egress_named_set(t, input.index, &named, family);
-                    rules.push(Rule {
-                        matches: vec![Match::NamedPortInSet { family, set }],
-                        verdict: Verdict::Accept,
-                        comment: Some(comment_for(&named)),
-                    });
+                    let set = egress_named_set(d, input.index, &named, family);
+                    clauses.push(accept(
+                        PeerMatch::Any,
+                        PortMatch::Named(set),
+                        comment_for(&named),
+                    ));
                 }
                 Direction::Ingress => {
                     for c in &named {
-                        let set = ingress_named_set(t, c, input.local, family);
-                        let named_match = Match::NamedPortInSet { family, set };
+                        let set = ingress_named_set(d, c, input.local, family);
                         let peers = if c.rule.peers.is_empty() {
-                            vec![vec![]]
+                            vec![PeerMatch::Any]
                         } else {
-                            union_peer_matches(t, input.index, &[c], dir, family)
+                            union_peer_sets(d, input.index, &[c], family)
+                                .into_iter()
+                                .map(PeerMatch::Set)
+                                .collect()
                         };
                         for peer in peers {
-                            rules.push(Rule {
-                                matches: peer.into_iter().chain([named_match.clone()]).collect(),
-                                verdict: Verdict::Accept,
-                                comment: Some(c.label.clone()),
-                            });
+                            clauses.push(accept(
+                                peer,
+                                PortMatch::Named(set.clone()),
+                                c.label.clone(),
+                            ));
                         }
                     }
                 }
@@ -170,17 +173,18 @@ pub fn add_profile_chain(t: &mut Table, input: &ProfileInput) -> String {
         .iter()
         .map(|p| p.object_name().to_string())
         .collect();
-    let comment = if contributors.is_empty() {
+    let label = if contributors.is_empty() {
         format!("{}: no {dir} rules, allows nothing", listed.join(", "))
     } else {
         format!("{dir} of {}", listed.join(", "))
     };
-    t.chains.insert(
+    d.rulebooks.insert(
         name.clone(),
-        Chain {
-            base: None,
-            rules,
-            comment: Some(comment),
+        Rulebook {
+            direction: dir,
+            policies: listed,
+            clauses,
+            label,
         },
     );
     name
@@ -225,16 +229,14 @@ fn short(parts: &[String]) -> String {
     }
 }
 
-/// Peer alternatives of rules merged together, in one family: a set of pod addresses and a
-/// set of ipBlock prefixes (either may be absent). Empty when nothing can match here.
-fn union_peer_matches(
-    t: &mut Table,
+/// Peer sets of rules merged together, in one family: a set of pod addresses and a set of
+/// ipBlock prefixes (either may be absent). Empty when nothing can match here.
+fn union_peer_sets(
+    d: &mut NodeDecisions,
     index: &PodIndex,
     members: &[&Contributor],
-    dir: Direction,
     family: Family,
-) -> Vec<Vec<Match>> {
-    let side = peer_side(dir);
+) -> Vec<String> {
     let mut alts = Vec::new();
     let mut pod_keys = BTreeSet::new();
     let mut blocks: Vec<&IpBlock> = Vec::new();
@@ -257,61 +259,57 @@ fn union_peer_matches(
     if !pod_keys.is_empty() {
         let keys: Vec<String> = pod_keys.iter().map(|(k, ..)| k.clone()).collect();
         let set = names::content_set("pods", &keys.join(" | "), family.suffix());
-        if !t.sets.contains_key(&set) {
-            let mut elements = BTreeSet::new();
+        if !d.peer_sets.contains_key(&set) {
+            let mut addrs = BTreeSet::new();
             for (_, ns, scope, sel) in &pod_keys {
                 let pods = index.peer(ns, scope, sel);
-                elements.extend(
-                    index
-                        .addresses(&pods, family == Family::V4)
-                        .map(Element::Addr),
-                );
+                addrs.extend(index.addresses(&pods, family == Family::V4));
             }
-            t.sets.insert(
+            d.peer_sets.insert(
                 set.clone(),
-                Set {
-                    ty: SetType::Addr(family),
-                    elements,
-                    comment: Some(short(&keys)),
+                PeerSet {
+                    family,
+                    members: PeerMembers::Addrs(addrs),
+                    label: short(&keys),
                 },
             );
         }
-        alts.push(vec![Match::AddrInSet { family, side, set }]);
+        alts.push(set);
     }
     if !blocks.is_empty() {
         let mut keys: Vec<String> = blocks.iter().map(|b| block_key(b)).collect();
         keys.sort();
         keys.dedup();
         let set = names::content_set("cidrs", &keys.join(" | "), family.suffix());
-        if !t.sets.contains_key(&set) {
+        if !d.peer_sets.contains_key(&set) {
             let prefixes: Vec<IpNet> =
                 IpNet::aggregate(&blocks.iter().flat_map(|b| b.disjoint_prefixes()).collect());
-            t.sets.insert(
+            d.peer_sets.insert(
                 set.clone(),
-                Set {
-                    ty: SetType::Prefixes(family),
-                    elements: prefixes.into_iter().map(Element::Prefix).collect(),
-                    comment: Some(format!("ipBlock {}", short(&keys))),
+                PeerSet {
+                    family,
+                    members: PeerMembers::Prefixes(prefixes.into_iter().collect()),
+                    label: format!("ipBlock {}", short(&keys)),
                 },
             );
         }
-        alts.push(vec![Match::AddrInSet { family, side, set }]);
+        alts.push(set);
     }
     alts
 }
 
-/// Alternatives for the numeric port part of a rule: `[[]]` when the rule has no ports,
-/// otherwise per protocol a protocol match with its merged port ranges. A rule with only
-/// named ports has none.
-fn numeric_port_alts(rule: &PolicyRule) -> Vec<Vec<Match>> {
+/// Alternatives for the numeric port part of a rule: `[Any]` when the rule has no ports,
+/// otherwise per protocol the protocol with its merged port ranges. A rule with only named
+/// ports has none.
+fn numeric_port_alts(rule: &PolicyRule) -> Vec<PortMatch> {
     if rule.ports.is_empty() {
-        return vec![vec![]];
+        return vec![PortMatch::Any];
     }
     let mut alts = Vec::new();
     for proto in Protocol::ALL {
         let clauses: Vec<_> = rule.ports.iter().filter(|p| p.protocol == proto).collect();
         if clauses.iter().any(|c| c.port.is_none()) {
-            alts.push(vec![Match::L4Proto(proto)]);
+            alts.push(PortMatch::Proto(proto));
             continue;
         }
         let ranges: Vec<(u16, u16)> =
@@ -320,7 +318,7 @@ fn numeric_port_alts(rule: &PolicyRule) -> Vec<Vec<Match>> {
                 _ => None,
             }));
         if !ranges.is_empty() {
-            alts.push(vec![Match::L4Proto(proto), Match::DportIn(ranges)]);
+            alts.push(PortMatch::Ranges(proto, ranges));
         }
     }
     alts
@@ -336,18 +334,25 @@ fn named_ports(rule: &PolicyRule) -> Vec<(&str, Protocol)> {
         .collect()
 }
 
-fn resolved(pod: &Pod, named: &[(&str, Protocol)], family: Family, out: &mut BTreeSet<Element>) {
+type Resolved = BTreeSet<(std::net::IpAddr, Protocol, u16)>;
+
+fn resolved(pod: &Pod, named: &[(&str, Protocol)], family: Family, out: &mut Resolved) {
     for (name, proto) in named {
         if let Some(port) = pod.resolve_named_port(name, *proto) {
             for ip in pod.ips.iter().filter(|ip| Family::of(ip) == family) {
-                out.insert(Element::NamedPort(*ip, *proto, port));
+                out.insert((*ip, *proto, port));
             }
         }
     }
 }
 
 /// Ingress named ports resolve on the destination: the selected local pods.
-fn ingress_named_set(t: &mut Table, c: &Contributor, local: &[&Pod], family: Family) -> String {
+fn ingress_named_set(
+    d: &mut NodeDecisions,
+    c: &Contributor,
+    local: &[&Pod],
+    family: Family,
+) -> String {
     let p = c.policy;
     let set = names::object_name(&format!(
         "np_{}_{}_ingress{}_named_{}",
@@ -356,18 +361,18 @@ fn ingress_named_set(t: &mut Table, c: &Contributor, local: &[&Pod], family: Fam
         c.index,
         family.suffix()
     ));
-    if !t.sets.contains_key(&set) {
+    if !d.named_ports.contains_key(&set) {
         let named = named_ports(c.rule);
-        let mut elements = BTreeSet::new();
+        let mut entries = BTreeSet::new();
         for pod in local.iter().filter(|pod| p.selects(pod)) {
-            resolved(pod, &named, family, &mut elements);
+            resolved(pod, &named, family, &mut entries);
         }
-        t.sets.insert(
+        d.named_ports.insert(
             set.clone(),
-            Set {
-                ty: SetType::NamedPort(family),
-                elements,
-                comment: Some(format!("{}: named ports on selected local pods", c.label)),
+            NamedPortSet {
+                family,
+                entries,
+                label: format!("{}: named ports on selected local pods", c.label),
             },
         );
     }
@@ -378,7 +383,7 @@ fn ingress_named_set(t: &mut Table, c: &Contributor, local: &[&Pod], family: Fam
 /// by selectors, an ipBlock by the pod's address, or every pod when the rule has no peers).
 /// The set carries the peers, so the rule needs no separate peer match.
 fn egress_named_set(
-    t: &mut Table,
+    d: &mut NodeDecisions,
     index: &PodIndex,
     members: &[&Contributor],
     family: Family,
@@ -408,7 +413,7 @@ fn egress_named_set(
         })
         .collect();
     let set = names::content_set("named", &keys.join(" ; "), family.suffix());
-    if t.sets.contains_key(&set) {
+    if d.named_ports.contains_key(&set) {
         return set;
     }
     let mut elements = BTreeSet::new();
@@ -438,12 +443,12 @@ fn egress_named_set(
             }
         }
     }
-    t.sets.insert(
+    d.named_ports.insert(
         set.clone(),
-        Set {
-            ty: SetType::NamedPort(family),
-            elements,
-            comment: Some(format!("named ports on {}", short(&keys))),
+        NamedPortSet {
+            family,
+            entries: elements,
+            label: format!("named ports on {}", short(&keys)),
         },
     );
     set

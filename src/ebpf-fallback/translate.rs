@@ -1,20 +1,24 @@
-//! [`NodeRuleset`] -> what the classifier's maps must hold. Pure.
+//! [`NodeRuleset`]'s per-pod decisions ([`crate::compile::decision`]) -> what the classifier's
+//! maps must hold. Pure.
 //!
-//! The IR speaks nftables (chains of rules over sets); this reads it back as the few shapes
-//! the compiler emits and turns each pod's policy chains into a *context*: rule bits that a
-//! packet must find both on its peer side and on its port side (see classifier.bpf.c). A shape
-//! this translator does not know is an error for the pods that use it, and those pods fail
-//! closed: the eBPF dataplane never allows what it cannot read.
+//! Each pod direction's tiers become a *context*: rule bits that a packet must find both on
+//! its peer side and on its port side (see classifier.bpf.c); every distinct port clause is a
+//! bit, its peers the union of the clauses' peer sets. What the classifier cannot express
+//! (a clause that drops or continues, more bits or own addresses than it holds) is an error
+//! for the pods that use it, and those pods fail closed: the eBPF dataplane never allows what
+//! it cannot encode.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::compile::ir::{
-    Chain, Element, Family, Isolation, Match, NodeRuleset, Rule, Set, SetType, Side, Table,
-    TableFamily, Verdict,
+use crate::compile::decision::{
+    Action, AntiSpoof, Isolation, NodeDecisions, PeerMatch, PeerMembers, PeerSet, PortMatch,
 };
+use crate::compile::ir::NodeRuleset;
+use crate::compile::names;
+use crate::policy::model::Direction;
 use crate::policy::Protocol;
 
 /// Rule bits per context (the classifier's `BITS_WORDS` 64-bit words).
@@ -119,41 +123,60 @@ pub fn proto_number(p: Protocol) -> u8 {
     }
 }
 
-const DIRS: [(usize, &str, Side); 2] = [(0, "ingress", Side::Src), (1, "egress", Side::Dst)];
+const DIRS: [(usize, &str); 2] = [(0, "ingress"), (1, "egress")];
 
 pub fn translate(rs: &NodeRuleset) -> Translation {
+    let d = &rs.decisions;
     let mut out = Translation::default();
-    let empty = Table::new(TableFamily::Inet, crate::compile::TABLE);
-    let inet = rs.table(TableFamily::Inet).unwrap_or(&empty);
-    // The anti-spoofing guard: `table bridge sluice` when bridged, the inet table when routed.
-    let guards = guards_by_iface(rs.table(TableFamily::Bridge).unwrap_or(inet));
+    // The anti-spoofing guard per interface; should two pods claim one interface, the one
+    // whose guard chain name sorts last wins, as in nftables' guard_dispatch map.
+    let mut by_guard: Vec<(String, &str, &AntiSpoof)> = d
+        .pods
+        .iter()
+        .map(|p| {
+            let chain = names::guard_chain(&p.pod.namespace, &p.pod.name);
+            (chain, p.iface.as_str(), &p.anti_spoof)
+        })
+        .collect();
+    by_guard.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+    let guards: BTreeMap<&str, Result<Guard, String>> = by_guard
+        .into_iter()
+        .map(|(_, iface, g)| (iface, guard(g)))
+        .collect();
     let mut failed_contexts: BTreeMap<String, String> = BTreeMap::new();
-    for pod in &rs.pods {
-        let Some(iface) = pod.iface.clone() else {
-            out.warnings.push(format!(
-                "{}: no host interface, not enforced by eBPF",
-                pod.pod
-            ));
-            continue;
-        };
+    for pod in &d.pods {
+        let pod_name = pod.pod.to_string();
         let mut entry = PodEntry {
-            pod: pod.pod.clone(),
+            pod: pod_name.clone(),
             ctx: [CtxRef::Open, CtxRef::Open],
             self_addrs: [vec![], vec![]],
             guard: None,
         };
-        for (d, dname, peer_side) in DIRS {
-            let iso = if d == 0 { &pod.ingress } else { &pod.egress };
-            entry.ctx[d] = match iso {
+        for ((i, dname), (dir, dd)) in DIRS.into_iter().zip(pod.dirs()) {
+            entry.ctx[i] = match &dd.isolation {
                 Isolation::Open => CtxRef::Open,
-                Isolation::FailedClosed { reason, .. } => CtxRef::FailClosed(reason.clone()),
-                Isolation::Isolated { chain, .. } => match pod_chain(inet, chain, peer_side) {
-                    Err(e) => fail(&mut out, &pod.pod, dname, e),
-                    Ok((selfs, jumps)) => {
-                        entry.self_addrs[d] = selfs;
-                        let key = format!("{dname}:{}", jumps.join(","));
+                Isolation::FailClosed { reason, .. } => CtxRef::FailClosed(reason.clone()),
+                Isolation::Isolated { .. } => {
+                    let chain = names::pod_chain(&pod.pod.namespace, &pod.pod.name, dname);
+                    if dd.default != Action::Drop {
+                        fail(
+                            &mut out,
+                            &pod_name,
+                            dname,
+                            format!("{chain} does not end in drop"),
+                        )
+                    } else if dd.accept_peers.len() > MAX_SELF {
+                        fail(
+                            &mut out,
+                            &pod_name,
+                            dname,
+                            format!("{chain}: more than {MAX_SELF} own addresses"),
+                        )
+                    } else {
+                        entry.self_addrs[i] = dd.accept_peers.clone();
+                        let key = format!("{dname}:{}", dd.tiers.join(","));
                         if !out.contexts.contains_key(&key) && !failed_contexts.contains_key(&key) {
-                            match context(inet, &jumps, peer_side) {
+                            match context(d, &dd.tiers, dir) {
                                 Ok(c) => {
                                     out.contexts.insert(key.clone(), c);
                                 }
@@ -163,20 +186,19 @@ pub fn translate(rs: &NodeRuleset) -> Translation {
                             }
                         }
                         match failed_contexts.get(&key) {
-                            Some(e) => fail(&mut out, &pod.pod, dname, e.clone()),
+                            Some(e) => fail(&mut out, &pod_name, dname, e.clone()),
                             None => CtxRef::Ctx(key),
                         }
                     }
-                },
+                }
             };
         }
-        if let Some(g) = guards.get(&iface) {
+        if let Some(g) = guards.get(pod.iface.as_str()) {
             entry.guard = Some(match g {
                 Ok(g) => g.clone(),
                 Err(e) => {
                     out.warnings.push(format!(
-                        "{}: anti-spoofing guard not expressible in eBPF ({e}): dropping everything it sends",
-                        pod.pod
+                        "{pod_name}: anti-spoofing guard not expressible in eBPF ({e}): dropping everything it sends"
                     ));
                     Guard {
                         drop_all: true,
@@ -185,7 +207,7 @@ pub fn translate(rs: &NodeRuleset) -> Translation {
                 }
             });
         }
-        out.pods.insert(iface, entry);
+        out.pods.insert(pod.iface.clone(), entry);
     }
     out
 }
@@ -196,44 +218,8 @@ fn fail(out: &mut Translation, pod: &str, dir: &str, reason: String) -> CtxRef {
     CtxRef::FailClosed(msg)
 }
 
-/// A pod chain: `ct state invalid drop`, accepts of the pod's own addresses, jumps to policy
-/// chains, a final drop. Returns (own addresses, policy chains).
-fn pod_chain(
-    inet: &Table,
-    name: &str,
-    peer_side: Side,
-) -> Result<(Vec<IpAddr>, Vec<String>), String> {
-    let chain = inet
-        .chains
-        .get(name)
-        .ok_or_else(|| format!("pod chain {name} is missing"))?;
-    let mut selfs = Vec::new();
-    let mut jumps = Vec::new();
-    let n = chain.rules.len();
-    for (i, r) in chain.rules.iter().enumerate() {
-        match (r.matches.as_slice(), &r.verdict) {
-            // Our flow table stands for conntrack and has no "invalid": such packets are
-            // judged by the policy like new ones (docs/ebpf.md).
-            ([Match::CtState(states)], Verdict::Drop) if states == &["invalid"] => {}
-            ([Match::AddrIs { side, addr }], Verdict::Accept) if *side == peer_side => {
-                selfs.push(*addr)
-            }
-            ([], Verdict::Jump(target)) => jumps.push(target.clone()),
-            ([], Verdict::Drop) if i + 1 == n => {}
-            _ => return Err(format!("{name}: unexpected rule {}", describe(r))),
-        }
-    }
-    if chain.rules.last().map(|r| &r.verdict) != Some(&Verdict::Drop) {
-        return Err(format!("{name} does not end in drop"));
-    }
-    if selfs.len() > MAX_SELF {
-        return Err(format!("{name}: more than {MAX_SELF} own addresses"));
-    }
-    Ok((selfs, jumps))
-}
-
-/// What a rule asks of the port side. Rules with equal port clauses share one bit (their peers
-/// are a union), which keeps the bit count at the number of distinct port clauses.
+/// What a clause asks of the port side. Clauses with equal port clauses share one bit (their
+/// peers are a union), which keeps the bit count at the number of distinct port clauses.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum PortCond {
     Any,
@@ -242,27 +228,47 @@ enum PortCond {
     Named(String),
 }
 
-fn context(inet: &Table, jumps: &[String], peer_side: Side) -> Result<Context, String> {
+/// The context of a pod direction's tiers. The classifier accepts on any common bit and
+/// otherwise drops, so only Accept clauses are expressible (today's NetworkPolicy tiers).
+fn context(d: &NodeDecisions, tiers: &[String], dir: Direction) -> Result<Context, String> {
     // port clause -> (peer sets, any peer)
     let mut groups: BTreeMap<PortCond, (BTreeSet<String>, bool)> = BTreeMap::new();
-    for chain_name in jumps {
-        let chain: &Chain = inet
-            .chains
-            .get(chain_name)
-            .ok_or_else(|| format!("policy chain {chain_name} is missing"))?;
-        for r in &chain.rules {
-            if r.verdict != Verdict::Accept {
+    for name in tiers {
+        let book = d
+            .rulebooks
+            .get(name)
+            .ok_or_else(|| format!("rulebook {name} is missing"))?;
+        if book.direction != dir {
+            return Err(format!("rulebook {name} is for {}", book.direction));
+        }
+        for c in &book.clauses {
+            if c.action != Action::Accept {
                 return Err(format!(
-                    "{chain_name}: unexpected verdict in {}",
-                    describe(r)
+                    "{name}: {:?} clause {} ({})",
+                    c.action,
+                    describe(&c.peer, &c.port),
+                    c.label
                 ));
             }
-            let (peer, port) = split_rule(inet, chain_name, r, peer_side)?;
+            let port = match &c.port {
+                PortMatch::Any => PortCond::Any,
+                PortMatch::Proto(p) => PortCond::Proto(proto_number(*p)),
+                PortMatch::Ranges(p, rs) => PortCond::Ranges(proto_number(*p), rs.clone()),
+                PortMatch::Named(set) => {
+                    if !d.named_ports.contains_key(set) {
+                        return Err(format!("{name}: named-port set {set} is missing"));
+                    }
+                    PortCond::Named(set.clone())
+                }
+            };
             let g = groups.entry(port).or_default();
-            match peer {
-                None => g.1 = true,
-                Some(set) => {
-                    g.0.insert(set);
+            match &c.peer {
+                PeerMatch::Any => g.1 = true,
+                PeerMatch::Set(set) => {
+                    if !d.peer_sets.contains_key(set) {
+                        return Err(format!("{name}: peer set {set} is missing"));
+                    }
+                    g.0.insert(set.clone());
                 }
             }
         }
@@ -298,7 +304,7 @@ fn context(inet: &Table, jumps: &[String], peer_side: Side) -> Result<Context, S
             c.any_peer.or(&bit);
         } else {
             for s in &peer_sets {
-                for net in peer_prefixes(&inet.sets[s]) {
+                for net in peer_prefixes(&d.peer_sets[s]) {
                     c.peers.entry(net).or_default().or(&bit);
                 }
             }
@@ -314,13 +320,11 @@ fn context(inet: &Table, jumps: &[String], peer_side: Side) -> Result<Context, S
                 }
             }
             PortCond::Named(set) => {
-                for e in &inet.sets[&set].elements {
-                    if let Element::NamedPort(addr, proto, port) = e {
-                        c.named
-                            .entry((*addr, proto_number(*proto), *port))
-                            .or_default()
-                            .or(&bit);
-                    }
+                for (addr, proto, port) in &d.named_ports[&set].entries {
+                    c.named
+                        .entry((*addr, proto_number(*proto), *port))
+                        .or_default()
+                        .or(&bit);
                 }
             }
         }
@@ -330,63 +334,11 @@ fn context(inet: &Table, jumps: &[String], peer_side: Side) -> Result<Context, S
     Ok(c)
 }
 
-/// A policy-chain rule as (peer set or anyone, port clause).
-fn split_rule(
-    inet: &Table,
-    chain: &str,
-    r: &Rule,
-    peer_side: Side,
-) -> Result<(Option<String>, PortCond), String> {
-    let bad = || format!("{chain}: unexpected rule {}", describe(r));
-    let mut peer = None;
-    let mut proto = None;
-    let mut ranges = None;
-    let mut named = None;
-    for m in &r.matches {
-        match m {
-            Match::AddrInSet { family, side, set } if *side == peer_side && peer.is_none() => {
-                match inet.sets.get(set).map(|s| s.ty) {
-                    Some(SetType::Addr(f) | SetType::Prefixes(f)) if f == *family => {}
-                    _ => return Err(format!("{chain}: set {set} is not an address set")),
-                }
-                peer = Some(set.clone());
-            }
-            Match::L4Proto(p) if proto.is_none() => proto = Some(proto_number(*p)),
-            Match::DportIn(rs) if ranges.is_none() => ranges = Some(rs.clone()),
-            Match::NamedPortInSet { family, set } if named.is_none() => {
-                match inet.sets.get(set).map(|s| s.ty) {
-                    Some(SetType::NamedPort(f)) if f == *family => {}
-                    _ => return Err(format!("{chain}: set {set} is not a named-port set")),
-                }
-                named = Some(set.clone());
-            }
-            _ => return Err(bad()),
-        }
+fn peer_prefixes(set: &PeerSet) -> Vec<IpNet> {
+    match &set.members {
+        PeerMembers::Addrs(a) => a.iter().map(|a| IpNet::from(*a)).collect(),
+        PeerMembers::Prefixes(p) => p.iter().map(|p| p.trunc()).collect(),
     }
-    let port = match (proto, ranges, named) {
-        (None, None, None) => PortCond::Any,
-        (Some(p), None, None) => PortCond::Proto(p),
-        (Some(p), Some(rs), None) => {
-            if rs.iter().any(|(lo, hi)| lo > hi) {
-                return Err(bad());
-            }
-            PortCond::Ranges(p, rs)
-        }
-        (None, None, Some(set)) => PortCond::Named(set),
-        _ => return Err(bad()),
-    };
-    Ok((peer, port))
-}
-
-fn peer_prefixes(set: &Set) -> Vec<IpNet> {
-    set.elements
-        .iter()
-        .filter_map(|e| match e {
-            Element::Addr(a) => Some(IpNet::from(*a)),
-            Element::Prefix(p) => Some(p.trunc()),
-            _ => None,
-        })
-        .collect()
 }
 
 /// An inclusive port range as prefixes over the 16 port bits: (first port, prefix length).
@@ -435,70 +387,38 @@ fn close_ports(ports: &mut BTreeMap<(u8, u16, u8), Bits>) {
     }
 }
 
-fn guards_by_iface(table: &Table) -> BTreeMap<String, Result<Guard, String>> {
-    let mut out = BTreeMap::new();
-    let Some(dispatch) = table.sets.get("guard_dispatch") else {
-        return out;
-    };
-    for e in &dispatch.elements {
-        if let Element::IfnameJump(iface, chain) = e {
-            let g = match table.chains.get(chain) {
-                Some(c) => guard(c),
-                None => Err(format!("guard chain {chain} is missing")),
-            };
-            out.insert(iface.clone(), g);
-        }
-    }
-    out
-}
-
-fn guard(chain: &Chain) -> Result<Guard, String> {
+fn guard(a: &AntiSpoof) -> Result<Guard, String> {
     let mut g = Guard::default();
-    for r in &chain.rules {
-        if r.verdict != Verdict::Drop {
-            return Err(format!("unexpected rule {}", describe(r)));
-        }
-        match r.matches.as_slice() {
-            [Match::EtherSaddrNot(mac)] => g.mac = Some(parse_mac(mac)?),
-            [Match::EtherProto("ip")] => g.v4 = Some(vec![]),
-            [Match::EtherProto("ip"), Match::AddrNotIn {
-                family: Family::V4,
-                side: Side::Src,
-                addrs,
-            }] => {
-                let v: Vec<Ipv4Net> = addrs
-                    .iter()
-                    .filter_map(|a| match a {
-                        IpNet::V4(n) => Some(n.trunc()),
-                        IpNet::V6(_) => None,
-                    })
-                    .collect();
-                if v.len() != addrs.len() || v.len() > MAX_GUARD4 {
-                    return Err(format!("{} IPv4 sources", addrs.len()));
-                }
-                g.v4 = Some(v);
-            }
-            [Match::EtherProto("arp"), Match::ArpSaddrIpNot(IpAddr::V4(a))] => g.arp = Some(*a),
-            [Match::EtherProto("ip6"), Match::AddrNotIn {
-                family: Family::V6,
-                side: Side::Src,
-                addrs,
-            }] => {
-                let v: Vec<Ipv6Net> = addrs
-                    .iter()
-                    .filter_map(|a| match a {
-                        IpNet::V6(n) => Some(n.trunc()),
-                        IpNet::V4(_) => None,
-                    })
-                    .collect();
-                if v.len() != addrs.len() || v.len() > MAX_GUARD6 {
-                    return Err(format!("{} IPv6 sources", addrs.len()));
-                }
-                g.v6 = Some(v);
-            }
-            _ => return Err(format!("unexpected rule {}", describe(r))),
-        }
+    if let Some(mac) = &a.mac {
+        g.mac = Some(parse_mac(mac)?);
     }
+    let v4: Vec<Ipv4Net> =
+        a.v4.iter()
+            .filter_map(|a| match a {
+                IpNet::V4(n) => Some(n.trunc()),
+                IpNet::V6(_) => None,
+            })
+            .collect();
+    if v4.len() != a.v4.len() || v4.len() > MAX_GUARD4 {
+        return Err(format!("{} IPv4 sources", a.v4.len()));
+    }
+    g.v4 = Some(v4);
+    g.arp = match a.arp {
+        Some(IpAddr::V4(ip)) => Some(ip),
+        Some(IpAddr::V6(ip)) => return Err(format!("ARP sender {ip}")),
+        None => None,
+    };
+    let v6: Vec<Ipv6Net> =
+        a.v6.iter()
+            .filter_map(|a| match a {
+                IpNet::V6(n) => Some(n.trunc()),
+                IpNet::V4(_) => None,
+            })
+            .collect();
+    if v6.len() != a.v6.len() || v6.len() > MAX_GUARD6 {
+        return Err(format!("{} IPv6 sources", a.v6.len()));
+    }
+    g.v6 = Some(v6);
     Ok(g)
 }
 
@@ -514,13 +434,47 @@ fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     Ok(mac)
 }
 
-fn describe(r: &Rule) -> String {
-    format!("{:?} -> {:?}", r.matches, r.verdict)
+fn describe(peer: &PeerMatch, port: &PortMatch) -> String {
+    format!("{peer:?} x {port:?}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The classifier only accepts on a common bit: a tier that drops or continues cannot be
+    /// encoded yet, and its pods fail closed rather than open.
+    #[test]
+    fn clauses_other_than_accept_fail_closed() {
+        use crate::compile::{compile, Attach, CompileInput};
+        let mut b = crate::policy::objects::ClusterBuilder::new();
+        b.add_text(
+            "test",
+            "kind: Pod\napiVersion: v1\nmetadata: {name: a, namespace: x}\nspec: {nodeName: node-0, containers: [{name: c}]}\nstatus: {podIP: 10.244.0.2}\n---\nkind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {name: web, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{ports: [{port: 80}]}]\n",
+        );
+        let (cluster, _) = b.build();
+        let mut rs = compile(&CompileInput {
+            cluster: &cluster,
+            node: "node-0",
+            attach: Attach::Routed,
+            attachments: &BTreeMap::new(),
+        });
+        let t = translate(&rs);
+        assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+        let iface = rs.decisions.pods[0].iface.clone();
+        assert!(matches!(t.pods[&iface].ctx[0], CtxRef::Ctx(_)));
+        for book in rs.decisions.rulebooks.values_mut() {
+            book.clauses[0].action = Action::Continue;
+        }
+        let t = translate(&rs);
+        assert!(
+            matches!(&t.pods[&iface].ctx[0], CtxRef::FailClosed(m) if m.contains("Continue")),
+            "{:?}",
+            t.pods[&iface]
+        );
+        assert_eq!(t.pods[&iface].ctx[1], CtxRef::Open);
+        assert_eq!(t.warnings.len(), 1);
+    }
 
     #[test]
     fn port_ranges_become_prefixes() {

@@ -222,6 +222,7 @@ fn verdict_stmt(v: &Verdict) -> Statement<'static> {
     match v {
         Verdict::Accept => Statement::Accept(None),
         Verdict::Drop => Statement::Drop(None),
+        Verdict::Return => Statement::Return(None),
         Verdict::Jump(c) => Statement::Jump(JumpTarget {
             target: Cow::Owned(c.clone()),
         }),

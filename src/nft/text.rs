@@ -195,6 +195,7 @@ pub fn verdict_text(v: &Verdict) -> String {
         Verdict::Accept => "accept".into(),
         Verdict::Drop => "drop".into(),
         Verdict::Jump(c) => format!("jump {c}"),
+        Verdict::Return => "return".into(),
         Verdict::IfnameVmap { side, map } => format!("{} vmap @{map}", side.ifname_key()),
         Verdict::AddrVmap { family, side, map } => {
             format!("{} {} vmap @{map}", family.nft(), side.addr_field())
