@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Serialize;
 
-use super::ir::{Attach, Family};
+use super::net::{Attach, Family};
 use crate::policy::model::{Direction, ObjectName};
 use crate::policy::Protocol;
 

@@ -8,6 +8,7 @@ mod decision_tests;
 pub mod ir;
 mod lower;
 pub mod names;
+pub mod net;
 mod profile;
 mod select;
 
