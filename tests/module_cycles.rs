@@ -317,47 +317,15 @@ fn sccs(g: &BTreeMap<String, BTreeSet<String>>) -> Vec<BTreeSet<String>> {
     s.out
 }
 
-/// Cycles that exist and are someone else's to break (issue 11); a cycle may shrink within
-/// one of these, never grow or appear elsewhere. Empty this list as they are broken.
-const KNOWN: &[&[&str]] = &[
-    // The policy model and its evaluation, being restructured (issue 11).
-    &[
-        "policy::clause",
-        "policy::cnp",
-        "policy::model",
-        "policy::networkpolicy",
-    ],
-    &[
-        "policy::evaluate",
-        "policy::np_tier",
-        "policy::tiers",
-        "policy::verdict",
-    ],
-    // The eBPF dataplane's split: pin.rs uses attach.rs's LinkHandle and attach.rs pin.rs's
-    // link_pin.
-    &["ebpf::attach", "ebpf::pin"],
-];
-
-fn tolerated(cycle: &str) -> bool {
-    let members = &cycle[1..cycle.find('}').unwrap()];
-    KNOWN
-        .iter()
-        .any(|k| members.split(", ").all(|m| k.contains(&m)))
-}
-
 #[test]
 fn no_module_cycles_in_src() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let found = cycles(&load(&src));
-    let new: Vec<&String> = found.iter().filter(|c| !tolerated(c)).collect();
     assert!(
-        new.is_empty(),
+        found.is_empty(),
         "import cycles between modules (files that use each other, directly or through \
          others; a mod.rs and its children do not count):\n  {}",
-        new.iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join("\n  ")
+        found.join("\n  ")
     );
 }
 

@@ -5,13 +5,12 @@ use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context as _, Result};
-use aya::programs::links::PinnedLink;
 use aya::programs::tc::{self, SchedClassifierLinkId, TcAttachOptions};
 use aya::programs::{LinkOrder, TcAttachType};
 use aya::Ebpf;
 
 use super::load::program;
-use super::pin::{keep, link_pin};
+use super::pin::{keep, link_pin, LinkHandle};
 use super::{AttachMode, EbpfDataplane, PROG_POD_EGRESS, PROG_POD_INGRESS, PROG_POST_NAT};
 
 /// Our two links on one interface.
@@ -25,13 +24,6 @@ pub(super) struct Attached {
 pub(super) struct Uplink {
     pub(super) ifindex: u32,
     pub(super) link: LinkHandle,
-}
-
-/// One attachment of ours: owned by the loaded object (detached when it goes), or pinned in
-/// bpffs (it stays attached after our process ends, and the next agent adopts it).
-pub(super) enum LinkHandle {
-    Owned(SchedClassifierLinkId),
-    Pinned(PinnedLink),
 }
 
 impl EbpfDataplane {

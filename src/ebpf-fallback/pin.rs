@@ -8,7 +8,6 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::SchedClassifierLinkId;
 use aya::Ebpf;
 
-use super::attach::LinkHandle;
 use super::load::program;
 use super::{pin_key, AttachMode, EbpfDataplane};
 
@@ -20,6 +19,13 @@ pub fn pin_dir(netns: Option<&str>) -> PathBuf {
         Some(name) => base.join(name),
         None => base.join(pin_key::current_netns_key()),
     }
+}
+
+/// One attachment of ours: owned by the loaded object (detached when it goes), or pinned in
+/// bpffs (it stays attached after our process ends, and the next agent adopts it).
+pub(super) enum LinkHandle {
+    Owned(SchedClassifierLinkId),
+    Pinned(PinnedLink),
 }
 
 /// bpffs refuses names with a dot (`flannel.1`): `%` escapes, so names stay distinct.

@@ -18,6 +18,35 @@ use super::labels::Selector;
 use super::model::{Cluster, Direction, NamespaceScope, Peer, Pod, Policy, Rule};
 use super::ports::{PortRef, PortRule, Protocol};
 
+/// Model methods that are clauses of the API, so that the model itself uses nothing above it:
+/// each calls the predicate here that decides it.
+impl Policy {
+    /// Whether this policy isolates `pod` in `dir` (selects it and has that policy type):
+    /// [`policy_isolates`].
+    pub fn isolates(&self, pod: &Pod, dir: Direction) -> bool {
+        policy_isolates(self, pod, dir)
+    }
+
+    /// Whether this policy's podSelector selects `pod`. Host-network pods are never selected:
+    /// [`policy_selects`].
+    pub fn selects(&self, pod: &Pod) -> bool {
+        policy_selects(self, pod)
+    }
+}
+
+impl Cluster {
+    /// Whether a pod peer of a policy in `policy_ns` matches `pod`: [`pod_peer_selects`].
+    pub fn pod_peer_matches(
+        &self,
+        policy_ns: &str,
+        namespaces: &NamespaceScope,
+        pods: &Selector,
+        pod: &Pod,
+    ) -> bool {
+        pod_peer_selects(self, policy_ns, namespaces, pods, pod)
+    }
+}
+
 /// `spec.podSelector`: "Selects the pods to which this NetworkPolicy object applies ... An
 /// empty podSelector selects all pods in this namespace." A policy only ever selects pods of
 /// its own namespace, and pods on the host network are not selected by any NetworkPolicy

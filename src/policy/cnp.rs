@@ -23,7 +23,6 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use super::labels::Selector;
-use super::model::{Cluster, Pod};
 use super::ports::Protocol;
 
 pub use self::raw::{
@@ -87,24 +86,6 @@ pub enum Subject {
         namespaces: Selector,
         pods: Selector,
     },
-}
-
-impl Subject {
-    /// Whether this subject selects `pod` (namespace labels from `cluster`).
-    pub fn selects(&self, cluster: &Cluster, pod: &Pod) -> bool {
-        if pod.host_network {
-            return false;
-        }
-        let Some(ns) = cluster.namespace_labels(&pod.namespace) else {
-            return false;
-        };
-        match self {
-            Subject::Namespaces(sel) => sel.matches(ns),
-            Subject::Pods { namespaces, pods } => {
-                namespaces.matches(ns) && pods.matches(&pod.labels)
-            }
-        }
-    }
 }
 
 impl fmt::Display for Subject {
@@ -182,13 +163,6 @@ impl ClusterPolicy {
     /// How CNPs are named in sluice's output: `cnp/<name>`.
     pub fn label(&self) -> String {
         label(&self.name)
-    }
-
-    pub fn rules(&self, dir: super::model::Direction) -> &[CnpRule] {
-        match dir {
-            super::model::Direction::Ingress => &self.ingress,
-            super::model::Direction::Egress => &self.egress,
-        }
     }
 }
 

@@ -14,16 +14,10 @@ use std::net::IpAddr;
 use super::cnp::{Action, Tier};
 use super::model::{Cluster, Direction, Pod};
 use super::np_tier::np_side;
-use super::ports::{PortRef, Protocol};
-use super::tiers::{self, TierDecision};
+use super::ports::PortRef;
+use super::tiers;
 pub use super::verdict::{AllowedBy, Denial, Endpoint, Flow, SideVerdict, Verdict};
-
-/// A flow end resolved against the snapshot.
-pub(crate) struct End<'a> {
-    pub(crate) pod: Option<&'a Pod>,
-    pub(crate) ip: Option<IpAddr>,
-    pub(crate) label: String,
-}
+use super::verdict::{End, FlowPort, TierDecision};
 
 /// Evaluates `flow` against `cluster`. Errors are bad input (unknown pod, unresolvable name).
 pub fn evaluate(cluster: &Cluster, flow: &Flow) -> Result<Verdict, String> {
@@ -153,14 +147,6 @@ fn pick_addresses(
         }
     }
     (src, dst)
-}
-
-/// The port side of a flow; named ports resolve on `dst`.
-pub(crate) struct FlowPort<'a> {
-    pub(crate) port: u16,
-    pub(crate) protocol: Protocol,
-    pub(crate) dst: Option<&'a Pod>,
-    pub(crate) dst_label: &'a str,
 }
 
 /// Decides one side: `subject` is the pod whose policies apply, `other` the far end. Returns

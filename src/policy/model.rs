@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use super::cnp::{ClusterPolicy, Subject};
+use super::cnp::{self, ClusterPolicy, CnpRule, Subject};
 use super::ipblock::IpBlock;
 use super::labels::{Labels, Selector};
 use super::ports::{ContainerPort, PortRule, Protocol};
@@ -178,18 +178,6 @@ impl Policy {
             Direction::Egress => self.egress.as_deref(),
         }
     }
-
-    /// Whether this policy isolates `pod` in `dir` (selects it and has that policy type):
-    /// [`super::clause::policy_isolates`].
-    pub fn isolates(&self, pod: &Pod, dir: Direction) -> bool {
-        super::clause::policy_isolates(self, pod, dir)
-    }
-
-    /// Whether this policy's podSelector selects `pod`. Host-network pods are never selected:
-    /// [`super::clause::policy_selects`].
-    pub fn selects(&self, pod: &Pod) -> bool {
-        super::clause::policy_selects(self, pod)
-    }
 }
 
 /// A problem found in an input object; the object is left out and everything else goes on.
@@ -303,18 +291,6 @@ impl Cluster {
         self.policies_in(&pod.namespace)
             .filter(|p| p.isolates(pod, dir))
             .collect()
-    }
-
-    /// Whether a pod peer of a policy in `policy_ns` matches `pod`:
-    /// [`super::clause::pod_peer_selects`].
-    pub fn pod_peer_matches(
-        &self,
-        policy_ns: &str,
-        namespaces: &NamespaceScope,
-        pods: &Selector,
-        pod: &Pod,
-    ) -> bool {
-        super::clause::pod_peer_selects(self, policy_ns, namespaces, pods, pod)
     }
 
     /// Adds or replaces a namespace, making sure it carries its name label.
@@ -450,12 +426,41 @@ impl Cluster {
             .cluster_policies
             .values()
             .filter(|p| p.subject.selects(self, pod))
-            .map(|p| super::cnp::label(&p.name));
+            .map(|p| cnp::label(&p.name));
         let invalid = self
             .invalid_cluster_policies
             .iter()
             .filter(|(_, s)| s.as_ref().is_none_or(|s| s.selects(self, pod)))
-            .map(|(n, _)| format!("{} (invalid)", super::cnp::label(n)));
+            .map(|(n, _)| format!("{} (invalid)", cnp::label(n)));
         valid.chain(invalid).collect()
+    }
+}
+
+// ClusterNetworkPolicy methods that need the model: here, so that `cnp` uses nothing of it.
+
+impl Subject {
+    /// Whether this subject selects `pod` (namespace labels from `cluster`).
+    pub fn selects(&self, cluster: &Cluster, pod: &Pod) -> bool {
+        if pod.host_network {
+            return false;
+        }
+        let Some(ns) = cluster.namespace_labels(&pod.namespace) else {
+            return false;
+        };
+        match self {
+            Subject::Namespaces(sel) => sel.matches(ns),
+            Subject::Pods { namespaces, pods } => {
+                namespaces.matches(ns) && pods.matches(&pod.labels)
+            }
+        }
+    }
+}
+
+impl ClusterPolicy {
+    pub fn rules(&self, dir: Direction) -> &[CnpRule] {
+        match dir {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
     }
 }

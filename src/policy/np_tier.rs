@@ -3,10 +3,9 @@
 //! explanations here only say which part of a clause failed once a predicate said no.
 
 use super::clause;
-use super::evaluate::{End, FlowPort};
 use super::model::{Cluster, Direction, NamespaceScope, Peer, Pod, Policy, Rule};
 use super::ports::{PortRef, PortRule};
-use super::verdict::{AllowedBy, Denial, SideVerdict};
+use super::verdict::{AllowedBy, Denial, End, FlowPort, SideVerdict};
 
 /// The NetworkPolicy tier of one side: a pod not isolated in `dir` is allowed.
 pub(crate) fn np_side(

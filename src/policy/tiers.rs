@@ -10,47 +10,12 @@
 //! tier. A rule that fails closed (see [`super::cnp`]) matches nothing if it is an Accept rule
 //! and matches everything as a Deny otherwise.
 
-use serde::Serialize;
-
 use super::clause;
 use super::cnp::{networks_contain, Action, ClusterPolicy, CnpPeer, CnpPort, CnpRule, Tier};
-use super::evaluate::{End, FlowPort};
 use super::labels::Selector;
 use super::model::{Cluster, Direction, Pod};
-
-/// The rule of a ClusterNetworkPolicy that matched a side.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TierDecision {
-    pub tier: Tier,
-    /// `cnp/<name>`.
-    pub policy: String,
-    pub priority: u32,
-    /// Index of the rule in the direction's list.
-    pub rule: usize,
-    pub rule_name: Option<String>,
-    /// The action taken: a fail-closed Deny or Pass rule is reported as Deny.
-    pub action: Action,
-    /// Set when the rule failed closed, with why.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fail_closed: Option<String>,
-    /// Which clause matched, for people.
-    pub reason: String,
-}
-
-impl TierDecision {
-    /// `Admin: cnp/guardrails rule 0 'no-y' (Deny) matched: ...`
-    pub fn describe(&self) -> String {
-        let rule = match &self.rule_name {
-            Some(n) => format!("rule {} '{n}'", self.rule),
-            None => format!("rule {}", self.rule),
-        };
-        format!(
-            "{}: {} {rule} ({}) matched: {}",
-            self.tier, self.policy, self.action, self.reason
-        )
-    }
-}
+pub use super::verdict::TierDecision;
+use super::verdict::{End, FlowPort};
 
 /// What one tier said about one side.
 #[derive(Debug, Clone, Default)]

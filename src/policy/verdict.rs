@@ -1,14 +1,15 @@
 //! What the oracle answers: the flow asked about, and the verdict of each side with the
-//! clause that decided it. Built by [`super::evaluate`].
+//! clause that decided it. Built by [`super::evaluate`]. The tiers of the oracle use
+//! these types and nothing here uses them.
 
 use std::fmt;
 use std::net::IpAddr;
 
 use serde::Serialize;
 
-use super::model::ObjectName;
+use super::cnp::{Action, Tier};
+use super::model::{ObjectName, Pod};
 use super::ports::{PortRef, Protocol};
-use super::tiers::TierDecision;
 
 /// One end of a flow as the user names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +35,55 @@ pub struct Flow {
     /// A number, or the name of a port declared by the destination pod.
     pub port: PortRef,
     pub protocol: Protocol,
+}
+
+/// A flow end resolved against the snapshot.
+pub(crate) struct End<'a> {
+    pub(crate) pod: Option<&'a Pod>,
+    pub(crate) ip: Option<IpAddr>,
+    pub(crate) label: String,
+}
+
+/// The port side of a flow; named ports resolve on `dst`.
+pub(crate) struct FlowPort<'a> {
+    pub(crate) port: u16,
+    pub(crate) protocol: Protocol,
+    pub(crate) dst: Option<&'a Pod>,
+    pub(crate) dst_label: &'a str,
+}
+
+/// The rule of a ClusterNetworkPolicy that matched a side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TierDecision {
+    pub tier: Tier,
+    /// `cnp/<name>`.
+    pub policy: String,
+    pub priority: u32,
+    /// Index of the rule in the direction's list.
+    pub rule: usize,
+    pub rule_name: Option<String>,
+    /// The action taken: a fail-closed Deny or Pass rule is reported as Deny.
+    pub action: Action,
+    /// Set when the rule failed closed, with why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fail_closed: Option<String>,
+    /// Which clause matched, for people.
+    pub reason: String,
+}
+
+impl TierDecision {
+    /// `Admin: cnp/guardrails rule 0 'no-y' (Deny) matched: ...`
+    pub fn describe(&self) -> String {
+        let rule = match &self.rule_name {
+            Some(n) => format!("rule {} '{n}'", self.rule),
+            None => format!("rule {}", self.rule),
+        };
+        format!(
+            "{}: {} {rule} ({}) matched: {}",
+            self.tier, self.policy, self.action, self.reason
+        )
+    }
 }
 
 /// Which clause allowed a side.
