@@ -1,5 +1,5 @@
 //! The per-pod decision IR: what a node must decide for each local pod's traffic, before any
-//! dataplane gives it a shape. Pure data, serialisable; see docs/dataplane-ir.md.
+//! dataplane gives it a shape. Pure data, serialisable; see docs/dataplane.md.
 //!
 //! For each local pod and direction: its [`Isolation`], fixed guards (invalid packets dropped,
 //! the pod reaching itself accepted), then an ordered list of [`Rulebook`]s (tiers). The first

@@ -4,7 +4,7 @@
 //! It lives in `compile` (not `nft`) because [`NodeRuleset`] carries the lowered tables and
 //! `nft` imports `compile`: the dependency goes one way, `nft -> compile`.
 //!
-//! Shape (see docs/dataplane.md): base chains per direction accept established and related
+//! Shape (see docs/nftables.md): base chains per direction accept established and related
 //! traffic, then dispatch a local pod's packets through a verdict map to its pod chain; the pod
 //! chain drops invalid packets, accepts the pod reaching itself, jumps to each tier's rulebook
 //! chain in order and ends in the default. A rulebook chain is its clauses in order, each
