@@ -165,10 +165,7 @@ impl EbpfDataplane {
 
     /// Runs `f` inside our network namespace (on a short-lived thread when it is not ours).
     fn in_ns<R: Send>(netns: &Option<String>, f: impl FnOnce() -> R + Send) -> Result<R> {
-        match netns {
-            Some(n) => crate::netns::exec_in(n, f),
-            None => Ok(f()),
-        }
+        crate::netns::exec_in_opt(netns.as_deref(), f)
     }
 
     /// Whether our namespace is gone (with its interfaces, and so with our attachments).
