@@ -397,3 +397,217 @@ fn a_cnp_subject_fails_closed_and_other_pods_do_not() {
         assert_eq!(r.is_connected(), want, "{from} -> {to}: {r}");
     }
 }
+
+// ---- Ordered tiers (ClusterNetworkPolicy's shape), hand-built decisions on the real kernel ----
+
+const TIER_WORLD: &str = r#"
+kind: Namespace
+apiVersion: v1
+metadata: {name: x}
+---
+kind: Pod
+apiVersion: v1
+metadata: {name: srv, namespace: x}
+spec: {nodeName: node-0, containers: [{name: c}]}
+---
+kind: Pod
+apiVersion: v1
+metadata: {name: adm, namespace: x}
+spec: {nodeName: node-0, containers: [{name: c}]}
+---
+kind: Pod
+apiVersion: v1
+metadata: {name: py, namespace: x}
+spec: {nodeName: node-0, containers: [{name: c}]}
+---
+kind: Pod
+apiVersion: v1
+metadata: {name: px, namespace: x}
+spec: {nodeName: node-1, containers: [{name: c}]}
+---
+kind: Pod
+apiVersion: v1
+metadata: {name: pz, namespace: x}
+spec: {nodeName: node-1, containers: [{name: c}]}
+"#;
+
+mod tiers {
+    use sluice::compile::decision::{
+        Action, Clause, DirDecision, Isolation, NodeDecisions, PeerMatch, PeerMembers, PeerSet,
+        PortMatch, Rulebook,
+    };
+    use sluice::compile::net::Family;
+    use sluice::policy::model::Direction;
+    use sluice::policy::Protocol;
+    use std::net::IpAddr;
+
+    pub fn clause(peer: Option<&str>, port: Option<u16>, action: Action) -> Clause {
+        Clause {
+            peer: peer.map_or(PeerMatch::Any, |s| PeerMatch::Set(s.into())),
+            port: port.map_or(PortMatch::Any, |p| {
+                PortMatch::Ranges(Protocol::Tcp, vec![(p, p)])
+            }),
+            action,
+            label: format!("{action:?}"),
+        }
+    }
+
+    pub fn book(d: &mut NodeDecisions, name: &str, dir: Direction, clauses: Vec<Clause>) {
+        d.rulebooks.insert(
+            name.into(),
+            Rulebook {
+                direction: dir,
+                policies: vec![name.into()],
+                clauses,
+                label: name.into(),
+            },
+        );
+    }
+
+    pub fn peers(d: &mut NodeDecisions, name: &str, addr: IpAddr) {
+        d.peer_sets.insert(
+            name.into(),
+            PeerSet {
+                family: Family::V4,
+                members: PeerMembers::Addrs([addr].into()),
+                label: name.into(),
+            },
+        );
+    }
+
+    pub fn tiered(d: &mut NodeDecisions, pod: &str, dir: Direction, tiers: &[&str], default: Action) {
+        let p = d.pods.iter_mut().find(|p| p.pod.name == pod).expect("pod");
+        let own = p.ips.clone();
+        let dd = match dir {
+            Direction::Ingress => &mut p.ingress,
+            Direction::Egress => &mut p.egress,
+        };
+        *dd = DirDecision {
+            isolation: Isolation::Isolated {
+                policies: tiers.iter().map(|t| t.to_string()).collect(),
+            },
+            drop_invalid: true,
+            accept_peers: own,
+            tiers: tiers.iter().map(|t| t.to_string()).collect(),
+            default,
+        };
+    }
+}
+
+/// srv ingress: admin tier [drop px on 80, pass py, accept anyone], then a NetworkPolicy-like
+/// tier [accept py on 80], default drop; srv egress: [drop anyone], default accept (so its
+/// replies pass only as replies). adm egress: admin tier [drop px] alone, default accept.
+/// Expectations are written by hand from those tiers.
+fn check_tiers(attach: Attach) {
+    use sluice::compile::decision::Action;
+    use sluice::policy::model::Direction;
+    use tiers::{book, clause, peers, tiered};
+
+    let name = format!("ebpft{}{}", std::process::id() % 100_000, attach as u8);
+    let mut lab = EnforcedLab::up_with(&name, 2, attach, DataplaneKind::Ebpf).unwrap();
+    let mut cluster = common::cluster_from(TIER_WORLD);
+    lab.serve_also(&[80, 81, 53]);
+    lab.sync(&mut cluster).unwrap();
+    let ip = |p: &str| std::net::IpAddr::V4(lab.pod(&n(&format!("x/{p}"))).unwrap().ip);
+    let mut rs = lab.ruleset(&cluster, 0);
+    let d = &mut rs.decisions;
+    peers(d, "X", ip("px"));
+    peers(d, "Y", ip("py"));
+    book(
+        d,
+        "admin-in",
+        Direction::Ingress,
+        vec![
+            clause(Some("X"), Some(80), Action::Drop),
+            clause(Some("Y"), None, Action::Continue),
+            clause(None, None, Action::Accept),
+        ],
+    );
+    book(
+        d,
+        "np-in",
+        Direction::Ingress,
+        vec![clause(Some("Y"), Some(80), Action::Accept)],
+    );
+    book(
+        d,
+        "srv-out",
+        Direction::Egress,
+        vec![clause(None, None, Action::Drop)],
+    );
+    book(
+        d,
+        "admin-out",
+        Direction::Egress,
+        vec![clause(Some("X"), None, Action::Drop)],
+    );
+    tiered(d, "srv", Direction::Ingress, &["admin-in", "np-in"], Action::Drop);
+    tiered(d, "srv", Direction::Egress, &["srv-out"], Action::Accept);
+    tiered(d, "adm", Direction::Egress, &["admin-out"], Action::Accept);
+    lab.with_node_dataplane(0, |dp| dp.apply_full(&rs)).unwrap();
+    let st = lab.with_node_dataplane(0, |dp| dp.status(&rs)).unwrap();
+    assert!(st.in_sync, "{attach}: {:?}", st.differences);
+
+    let probe = |from: &str, to: &str, svc: bool, port: u16, proto: Protocol, want: bool| {
+        let r = lab.probe(&n(from), &n(to), svc, port, proto, want);
+        assert_eq!(
+            r.is_connected(),
+            want,
+            "{attach}: {from} -> {to}{} {port}/{proto}: {r}",
+            if svc { " (service)" } else { "" }
+        );
+    };
+    use Protocol::{Tcp, Udp};
+    // Allowed by the admin tier's last clause; the replies cross srv's drop-everything egress.
+    probe("x/pz", "x/srv", false, 80, Tcp, true);
+    probe("x/pz", "x/srv", false, 53, Udp, true);
+    probe("x/px", "x/srv", false, 81, Tcp, true);
+    // The admin drop, right after another flow of the same peer was allowed.
+    probe("x/px", "x/srv", false, 80, Tcp, false);
+    probe("x/px", "x/srv", false, 81, Tcp, true);
+    // Passed to the next tier: 80 only.
+    probe("x/py", "x/srv", false, 80, Tcp, true);
+    probe("x/py", "x/srv", false, 81, Tcp, false);
+    probe("x/py", "x/srv", false, 53, Udp, false);
+    // srv's egress drops what it starts.
+    probe("x/srv", "x/pz", false, 80, Tcp, false);
+    // adm: only the admin tier, default accept; the same tiers judge after the Service NAT.
+    probe("x/adm", "x/px", false, 80, Tcp, false);
+    probe("x/adm", "x/py", false, 80, Tcp, true);
+    probe("x/adm", "x/pz", false, 81, Tcp, true);
+    probe("x/adm", "x/px", true, 80, Tcp, false);
+    probe("x/adm", "x/py", true, 80, Tcp, true);
+    probe("x/adm", "x/pz", true, 53, Udp, true);
+
+    // A changed ordered tier is a new context, switched to in one pod update: px on 80 is
+    // now accepted by the admin tier.
+    rs.decisions.rulebooks.get_mut("admin-in").unwrap().clauses[0].action = Action::Accept;
+    let old = lab.ruleset(&cluster, 0);
+    lab.with_node_dataplane(0, |dp| dp.apply_delta(&old, &rs))
+        .unwrap();
+    probe("x/px", "x/srv", false, 80, Tcp, true);
+    probe("x/py", "x/srv", false, 81, Tcp, false);
+    let st = lab.with_node_dataplane(0, |dp| dp.status(&rs)).unwrap();
+    assert!(st.in_sync, "{attach}: {:?}", st.differences);
+    lab.down().unwrap();
+    assert!(
+        !sluice::lab::netns::list()
+            .iter()
+            .any(|n| n.starts_with(&format!("sl{name}-"))),
+        "namespaces left"
+    );
+}
+
+#[test]
+fn ebpf_enforces_ordered_tiers_routed() {
+    if ebpf_built() {
+        check_tiers(Attach::Routed);
+    }
+}
+
+#[test]
+fn ebpf_enforces_ordered_tiers_bridged() {
+    if ebpf_built() {
+        check_tiers(Attach::Bridged);
+    }
+}

@@ -9,13 +9,17 @@
 // The program never changes; policy changes are map updates (see docs/ebpf.md). Every
 // layout below is mirrored by src/ebpf-fallback/layout.rs, which asserts the sizes.
 //
-// Policy of one pod in one direction is a "context" (ctx id): a set of rule bits. A rule
-// allows a packet when its bit is set both in the peer bits (who the other side is) and in
-// the port bits (protocol / port / named port), so a whole policy set is two or three map
-// lookups and one AND, whatever the number of rules:
+// Policy of one pod in one direction is an ordered list of tiers (up to MAX_TIERS), each a
+// "context" (ctx id: one rulebook) of clause bits, then a default. A clause matches a packet
+// when its bit is set both in the peer bits (who the other side is) and in the port bits
+// (protocol / port / named port), so a whole rulebook is two or three map lookups and one AND,
+// whatever the number of rules:
 //   peer bits = ctx.any_peer | peers4/peers6[ctx, peer address]       (LPM tries)
 //   port bits = ctx.any_port | ports[ctx, proto, dport]               (LPM trie over ports)
 //                            | named[ctx, daddr, proto, dport]        (hash, per-pod named ports)
+// Bits are numbered in clause order, so the first matching clause is the lowest common bit;
+// its action (ctx.drop / ctx.pass masks, accept otherwise) decides: accept or drop end the
+// evaluation, pass (the IR's Continue) goes on to the next tier. No tier decides: the default.
 // Replies: our own LRU flow table, written on every allow (why not the kernel's conntrack:
 // docs/ebpf.md).
 //
@@ -24,7 +28,7 @@
 // destinations in sluice_nat (the service ranges) the egress check is deferred: the veth's
 // ingress writes the pod's ifindex into the upper half of skb->mark, and the first tc egress
 // after routing (another pod's veth, or sluice_post_nat on every other interface) judges the
-// rewritten packet against that pod's egress context. See docs/ebpf.md.
+// rewritten packet against that pod's egress tiers. See docs/ebpf.md.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -38,8 +42,17 @@
 #define MAX_GUARD4 4
 #define MAX_GUARD6 8
 
-#define CTX_OPEN 0u
-#define CTX_FAIL_CLOSED 0xffffffffu
+#define MAX_TIERS 4
+
+// dir_val.state
+#define STATE_OPEN 0        // not isolated: everything passes
+#define STATE_TIERS 1       // the tiers, then the default
+#define STATE_FAIL_CLOSED 2 // everything dropped (any other value too)
+
+// What one tier says about a packet.
+#define V_NONE 0   // no clause matched, or a pass (Continue) clause: the next tier decides
+#define V_ACCEPT 1
+#define V_DROP 2
 
 #define DIR_INGRESS 0
 #define DIR_EGRESS 1
@@ -78,6 +91,8 @@ struct bits {
 struct ctx_val {
 	struct bits any_peer;
 	struct bits any_port;
+	struct bits drop; // clause bits whose action is drop
+	struct bits pass; // clause bits whose action is pass (Continue); the rest accept
 };
 
 struct addr16 {
@@ -89,8 +104,17 @@ struct prefix6 {
 	__u32 plen;
 };
 
+// One pod in one direction.
+struct dir_val {
+	__u32 ctx[MAX_TIERS]; // tier contexts in order, ntiers of them
+	__u8 state;           // STATE_*
+	__u8 ntiers;
+	__u8 accept_default;  // what happens when no tier decides
+	__u8 pad;
+};
+
 struct pod_val {
-	__u32 ctx[2]; // [DIR_INGRESS], [DIR_EGRESS]: CTX_OPEN, CTX_FAIL_CLOSED or a ctx id
+	struct dir_val dir[2]; // [DIR_INGRESS], [DIR_EGRESS]
 	__u32 flags;
 	__u8 nself[2];
 	__u8 nguard4;
@@ -676,20 +700,12 @@ static __always_inline void bits_or(struct bits *a, const struct bits *b)
 		a->w[i] |= b->w[i];
 }
 
-static __always_inline int bits_meet(const struct bits *a, const struct bits *b)
-{
-	__u64 m = 0;
-#pragma unroll
-	for (int i = 0; i < BITS_WORDS; i++)
-		m |= a->w[i] & b->w[i];
-	return m != 0;
-}
-
-static __noinline int policy_allows(__u32 ctx, struct pkt *p, __u8 dir)
+// What one tier (context) says about a packet: the action of its first matching clause.
+static __noinline int tier_verdict(__u32 ctx, struct pkt *p, __u8 dir)
 {
 	struct ctx_val *cv = bpf_map_lookup_elem(&sluice_ctxs, &ctx);
 	if (!cv)
-		return 0; // a context being replaced: deny until the pod points at the new one
+		return V_DROP; // a context being replaced: deny until the pod points at the new one
 	struct bits peer = cv->any_peer;
 	struct bits port = cv->any_port;
 	const __u8 *who = dir == DIR_INGRESS ? p->saddr : p->daddr;
@@ -726,7 +742,39 @@ static __noinline int policy_allows(__u32 ctx, struct pkt *p, __u8 dir)
 		if (b)
 			bits_or(&port, b);
 	}
-	return bits_meet(&peer, &port);
+	// The first clause that matches is the lowest common bit (m & -m isolates it): a fixed
+	// BITS_WORDS steps, whatever the number of clauses.
+#pragma unroll
+	for (int i = 0; i < BITS_WORDS; i++) {
+		__u64 m = peer.w[i] & port.w[i];
+		if (m) {
+			__u64 first = m & -m;
+			if (first & cv->drop.w[i])
+				return V_DROP;
+			if (first & cv->pass.w[i])
+				return V_NONE;
+			return V_ACCEPT;
+		}
+	}
+	return V_NONE;
+}
+
+// A tiered pod direction's verdict on a new packet: 1 to allow. One tier_verdict per tier,
+// so the cost grows with the tiers (at most MAX_TIERS), never with the rules.
+static __noinline int tiers_allow(struct pod_val *pod, __u8 dir, struct pkt *p)
+{
+	struct dir_val *d = &pod->dir[dir & 1];
+	__u8 n = d->ntiers;
+	// A bounded loop (not unrolled: clang cannot unroll around the calls); the verifier walks
+	// its MAX_TIERS iterations.
+	for (int t = 0; t < MAX_TIERS; t++) {
+		if (t >= n)
+			break;
+		int v = tier_verdict(d->ctx[t], p, dir);
+		if (v != V_NONE)
+			return v == V_ACCEPT;
+	}
+	return d->accept_default == 1;
 }
 
 static __always_inline int prefix_match(const __u8 *a, const __u8 *pfx, __u32 plen)
@@ -857,9 +905,9 @@ static __always_inline int judge(struct __sk_buff *skb, __u8 dir)
 		count(ST_PASS_NOT_IP); // ARP and the like: nftables' inet family does not see them
 		return TC_ACT_UNSPEC;
 	}
-	__u32 ctx = pod->ctx[dir];
+	__u8 state = pod->dir[dir & 1].state;
 	if (r < 0) {
-		if (ctx == CTX_OPEN)
+		if (state == STATE_OPEN)
 			return TC_ACT_UNSPEC;
 		count(ST_DROP_MALFORMED);
 		return TC_ACT_SHOT;
@@ -874,16 +922,16 @@ static __always_inline int judge(struct __sk_buff *skb, __u8 dir)
 		count(ST_PASS_NODE);
 		return TC_ACT_UNSPEC;
 	}
-	if (ctx == CTX_FAIL_CLOSED) {
-		count(ST_DROP_FAIL_CLOSED);
-		return TC_ACT_SHOT;
-	}
-	if (ctx == CTX_OPEN) {
+	if (state == STATE_OPEN) {
 		// Not isolated: pass, but remember the flow, so that its replies still pass the
 		// other direction (or this one, once a policy isolates the pod), as conntrack would.
 		flow_record(ifindex, dir, &p, now);
 		count(ST_PASS_OPEN);
 		return TC_ACT_UNSPEC;
+	}
+	if (state != STATE_TIERS) {
+		count(ST_DROP_FAIL_CLOSED);
+		return TC_ACT_SHOT;
 	}
 	if (flow_pass(ifindex, dir, &p, now))
 		return TC_ACT_UNSPEC;
@@ -894,7 +942,8 @@ static __always_inline int judge(struct __sk_buff *skb, __u8 dir)
 	}
 	if (dir == DIR_EGRESS && defer_to_nat(skb, pod, ifindex, &p))
 		return TC_ACT_UNSPEC;
-	if (policy_allows(ctx, &p, dir)) {
+	// Only an allow is recorded: a dropped packet leaves no flow for later packets to ride.
+	if (tiers_allow(pod, dir, &p)) {
 		flow_record(ifindex, dir, &p, now);
 		count(ST_PASS_POLICY);
 		return TC_ACT_UNSPEC;
@@ -903,7 +952,7 @@ static __always_inline int judge(struct __sk_buff *skb, __u8 dir)
 	return TC_ACT_SHOT;
 }
 
-// The deferred egress check, after NAT: the source pod's egress context judges the rewritten
+// The deferred egress check, after NAT: the source pod's egress tiers judge the rewritten
 // packet (its real destination). Returns TC_ACT_SHOT or TC_ACT_UNSPEC. Only called for packets
 // carrying our mark; the mark is cleared so that no later hook judges them again.
 static __noinline int post_nat(struct __sk_buff *skb)
@@ -923,14 +972,15 @@ static __noinline int post_nat(struct __sk_buff *skb)
 		count(ST_DROP_DEFERRED);
 		return TC_ACT_SHOT;
 	}
-	__u32 ctx = pod->ctx[DIR_EGRESS];
+	// The same tiers as at the veth, on the rewritten packet.
+	__u8 state = pod->dir[DIR_EGRESS].state;
 	int ok;
-	if (ctx == CTX_OPEN)
+	if (state == STATE_OPEN)
 		ok = 1;
-	else if (ctx == CTX_FAIL_CLOSED)
+	else if (state != STATE_TIERS)
 		ok = 0;
 	else
-		ok = is_self(pod, DIR_EGRESS, p.daddr) || policy_allows(ctx, &p, DIR_EGRESS);
+		ok = is_self(pod, DIR_EGRESS, p.daddr) || tiers_allow(pod, DIR_EGRESS, &p);
 	if (!ok) {
 		count(ST_DROP_DEFERRED);
 		return TC_ACT_SHOT;

@@ -2,18 +2,21 @@
 //! set of entries to another without ever allowing what neither allows. Pure.
 //!
 //! Map updates are not one transaction the way an nftables batch is. Rule bits make that
-//! safe: a packet is allowed when its peer bits meet its port bits, so if every value first
-//! shrinks to `old & new` (phase 1) and only then grows to `new` (phase 2), each moment's
+//! safe where allowing is monotone in the bits (accept-only tiers before a dropping default,
+//! NetworkPolicy): a packet is allowed when its peer bits meet its port bits, so if every value
+//! first shrinks to `old & new` (phase 1) and only then grows to `new` (phase 2), each moment's
 //! values are bitwise within the old ones or within the new ones, and so is what they allow.
 //! (Between the phases, traffic both allow may see a few microseconds of denial when bits were
-//! renumbered.) Pods switch context with one atomic update of their entry (phase 3), after the
-//! new context is complete; contexts no pod uses any more go last (phase 4).
+//! renumbered.) Where a bit can drop or pass, fewer bits can allow more, so those contexts are
+//! keyed by content (`translate`): they never change in place, a change is a new context.
+//! Pods switch contexts with one atomic update of their entry (phase 3), after the new
+//! contexts are complete; contexts no pod uses any more go last (phase 4).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 
-use super::layout::{self, MapId, CTX_FAIL_CLOSED, CTX_OPEN};
+use super::layout::{self, DirVal, MapId};
 use super::translate::{CtxRef, Translation};
 
 pub type Entries = BTreeMap<MapId, BTreeMap<Vec<u8>, Vec<u8>>>;
@@ -61,7 +64,7 @@ pub fn entries(
         put(
             MapId::Ctxs,
             layout::ctx_key(id),
-            layout::ctx_val(&c.any_peer, &c.any_port),
+            layout::ctx_val(c),
         );
         for (net, b) in &c.peers {
             let (m, k) = layout::peer_key(id, net);
@@ -86,15 +89,27 @@ pub fn entries(
         let Some(&idx) = ifindex.get(iface) else {
             continue;
         };
-        let ctx = p.ctx.clone().map(|c| match c {
-            CtxRef::Open => CTX_OPEN,
-            CtxRef::FailClosed(_) => CTX_FAIL_CLOSED,
-            CtxRef::Ctx(k) => ids.get(&k).copied().unwrap_or(CTX_FAIL_CLOSED),
+        let dirs = p.ctx.clone().map(|c| match c {
+            CtxRef::Open => DirVal::Open,
+            CtxRef::FailClosed(_) => DirVal::FailClosed,
+            CtxRef::Tiers {
+                ctxs,
+                accept_default,
+            } => {
+                // A context without an id cannot be referred to: fail closed.
+                match ctxs.iter().map(|k| ids.get(k).copied()).collect() {
+                    Some(ctxs) => DirVal::Tiers {
+                        ctxs,
+                        accept_default,
+                    },
+                    None => DirVal::FailClosed,
+                }
+            }
         });
         put(
             MapId::Pods,
             layout::pod_key(idx),
-            layout::pod_val(ctx, &p.self_addrs, p.guard.as_ref()),
+            layout::pod_val(&dirs, &p.self_addrs, p.guard.as_ref()),
         );
     }
     e
@@ -127,7 +142,8 @@ pub fn assign_ids(
             out.insert(key.clone(), id);
             continue;
         }
-        while used.contains(&next) || next == CTX_OPEN || next == CTX_FAIL_CLOSED {
+        // 0 and ~0 were the open and fail-closed markers of older layouts: never ids.
+        while used.contains(&next) || next == 0 || next == u32::MAX {
             next = next.wrapping_add(1);
         }
         used.insert(next);
@@ -244,7 +260,13 @@ mod tests {
             "veth0".into(),
             PodEntry {
                 pod: "x/a".into(),
-                ctx: [CtxRef::Ctx(pod_ctx.into()), CtxRef::Open],
+                ctx: [
+                    CtxRef::Tiers {
+                        ctxs: vec![pod_ctx.into()],
+                        accept_default: false,
+                    },
+                    CtxRef::Open,
+                ],
                 self_addrs: [vec![], vec![]],
                 guard: None,
             },

@@ -5,7 +5,9 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
 
-use super::translate::{Bits, Guard, BITS_WORDS, MAX_GUARD4, MAX_GUARD6, MAX_SELF};
+use super::translate::{
+    Bits, Context, Guard, BITS_WORDS, MAX_GUARD4, MAX_GUARD6, MAX_SELF, MAX_TIERS,
+};
 
 /// The maps, by the names the C program gives them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -60,7 +62,7 @@ impl MapId {
     pub fn value_size(self) -> usize {
         match self {
             MapId::Pods => POD_VAL_SIZE,
-            MapId::Ctxs => 2 * BITS_SIZE,
+            MapId::Ctxs => 4 * BITS_SIZE,
             MapId::Nat => 4,
             _ => BITS_SIZE,
         }
@@ -78,15 +80,27 @@ impl MapId {
 }
 
 pub const BITS_SIZE: usize = 8 * BITS_WORDS;
-pub const POD_VAL_SIZE: usize = 348;
+/// `struct dir_val`: MAX_TIERS ctx ids, state, ntiers, accept_default, pad.
+pub const DIR_VAL_SIZE: usize = 4 * MAX_TIERS + 4;
+pub const POD_VAL_SIZE: usize = 2 * DIR_VAL_SIZE + 340;
 /// Other maps the loader checks (flows, fragments): key and value sizes.
 pub const FLOW_KEY_SIZE: usize = 44;
 pub const FLOW_VAL_SIZE: usize = 16;
 pub const FRAG_KEY_SIZE: usize = 44;
 pub const PENDING_KEY_SIZE: usize = 8;
 
-pub const CTX_OPEN: u32 = 0;
-pub const CTX_FAIL_CLOSED: u32 = u32::MAX;
+const STATE_OPEN: u8 = 0;
+const STATE_TIERS: u8 = 1;
+const STATE_FAIL_CLOSED: u8 = 2;
+
+/// One pod direction as the classifier reads it (`struct dir_val`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirVal {
+    Open,
+    FailClosed,
+    /// Context ids in tier order (at most MAX_TIERS), then the default.
+    Tiers { ctxs: Vec<u32>, accept_default: bool },
+}
 
 const GUARD_MAC: u32 = 1 << 0;
 const GUARD_V4: u32 = 1 << 1;
@@ -98,9 +112,12 @@ pub fn bits(b: &Bits) -> Vec<u8> {
     b.0.iter().flat_map(|w| w.to_ne_bytes()).collect()
 }
 
-pub fn ctx_val(any_peer: &Bits, any_port: &Bits) -> Vec<u8> {
-    let mut v = bits(any_peer);
-    v.extend(bits(any_port));
+/// `struct ctx_val`: any_peer, any_port, drop, pass.
+pub fn ctx_val(c: &Context) -> Vec<u8> {
+    let mut v = bits(&c.any_peer);
+    v.extend(bits(&c.any_port));
+    v.extend(bits(&c.drop));
+    v.extend(bits(&c.pass));
     v
 }
 
@@ -170,10 +187,26 @@ pub fn pod_key(ifindex: u32) -> Vec<u8> {
 }
 
 /// `struct pod_val`.
-pub fn pod_val(ctx: [u32; 2], self_addrs: &[Vec<IpAddr>; 2], guard: Option<&Guard>) -> Vec<u8> {
+pub fn pod_val(dirs: &[DirVal; 2], self_addrs: &[Vec<IpAddr>; 2], guard: Option<&Guard>) -> Vec<u8> {
     let mut v = Vec::with_capacity(POD_VAL_SIZE);
-    v.extend(ctx[0].to_ne_bytes());
-    v.extend(ctx[1].to_ne_bytes());
+    for d in dirs {
+        let (state, ctxs, accept_default) = match d {
+            DirVal::Open => (STATE_OPEN, &[][..], false),
+            // More tiers than the classifier holds cannot be encoded: fail closed.
+            DirVal::Tiers { ctxs, .. } if ctxs.len() > MAX_TIERS => {
+                (STATE_FAIL_CLOSED, &[][..], false)
+            }
+            DirVal::Tiers {
+                ctxs,
+                accept_default,
+            } => (STATE_TIERS, &ctxs[..], *accept_default),
+            DirVal::FailClosed => (STATE_FAIL_CLOSED, &[][..], false),
+        };
+        for i in 0..MAX_TIERS {
+            v.extend(ctxs.get(i).copied().unwrap_or(0).to_ne_bytes());
+        }
+        v.extend([state, ctxs.len() as u8, u8::from(accept_default), 0]);
+    }
     let mut flags = 0u32;
     if let Some(g) = guard {
         if g.drop_all {
@@ -231,12 +264,21 @@ pub fn pod_val(ctx: [u32; 2], self_addrs: &[Vec<IpAddr>; 2], guard: Option<&Guar
     v
 }
 
-/// The ctx ids of a pod value ([ingress, egress]).
-pub fn pod_val_ctx(v: &[u8]) -> [u32; 2] {
-    [
-        u32::from_ne_bytes(v[0..4].try_into().expect("pod value")),
-        u32::from_ne_bytes(v[4..8].try_into().expect("pod value")),
-    ]
+/// The ctx ids a pod value refers to (its tiers, both directions).
+pub fn pod_val_ctx(v: &[u8]) -> Vec<u32> {
+    let mut out = Vec::new();
+    for d in 0..2 {
+        let dv = &v[d * DIR_VAL_SIZE..(d + 1) * DIR_VAL_SIZE];
+        let (state, n) = (dv[4 * MAX_TIERS], usize::from(dv[4 * MAX_TIERS + 1]));
+        if state == STATE_TIERS {
+            for i in 0..n.min(MAX_TIERS) {
+                out.push(u32::from_ne_bytes(
+                    dv[4 * i..4 * i + 4].try_into().expect("pod value"),
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// Byte-wise AND of two bit values (same length): the first phase of an update.
@@ -250,8 +292,30 @@ mod tests {
 
     #[test]
     fn sizes_match_the_c_structs() {
-        let v = pod_val([1, 2], &[vec![], vec![]], None);
+        let dirs = [
+            DirVal::Tiers {
+                ctxs: vec![1, 3],
+                accept_default: true,
+            },
+            DirVal::Tiers {
+                ctxs: vec![2],
+                accept_default: false,
+            },
+        ];
+        let v = pod_val(&dirs, &[vec![], vec![]], None);
         assert_eq!(v.len(), POD_VAL_SIZE);
+        // struct dir_val: ctx[4], state, ntiers, accept_default, pad (offsetof by hand).
+        assert_eq!(&v[0..4], &1u32.to_ne_bytes());
+        assert_eq!(&v[4..8], &3u32.to_ne_bytes());
+        assert_eq!(&v[16..20], &[STATE_TIERS, 2, 1, 0]);
+        assert_eq!(&v[20..24], &2u32.to_ne_bytes());
+        assert_eq!(&v[36..40], &[STATE_TIERS, 1, 0, 0]);
+        assert_eq!(pod_val_ctx(&v), [1, 3, 2]);
+        let closed = pod_val(&[DirVal::FailClosed, DirVal::Open], &[vec![], vec![]], None);
+        assert_eq!(&closed[16..20], &[STATE_FAIL_CLOSED, 0, 0, 0]);
+        assert_eq!(&closed[36..40], &[STATE_OPEN, 0, 0, 0]);
+        assert!(pod_val_ctx(&closed).is_empty());
+        assert_eq!(ctx_val(&Context::default()).len(), MapId::Ctxs.value_size());
         for m in MapId::ALL {
             let k = match m {
                 MapId::Pods => pod_key(1),

@@ -2,7 +2,8 @@
 //! in BPF maps and enforced by one fixed tc classifier (classifier.bpf.c, compiled by clang
 //! in build.rs, loaded with aya) on every local pod's host-side veth.
 //!
-//! - `translate`: ruleset -> per-pod contexts (rule bits over peers and ports). Pure.
+//! - `translate`: ruleset -> per-pod tiers of contexts. `context`: one rulebook as clause bits
+//!   over peers and ports, in clause order. Pure.
 //! - `entries`: contexts -> map entries, and the ordered, never-over-allowing updates. Pure.
 //! - `layout`: the C structs as bytes. `sys`: map syscalls on bytes.
 //! - `load`: the object through the verifier, the maps opened. `attach`: tcx on kernels >= 6.6,
@@ -14,6 +15,7 @@
 
 mod apply;
 mod attach;
+pub mod context;
 pub mod entries;
 pub mod layout;
 mod load;
