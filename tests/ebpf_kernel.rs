@@ -475,7 +475,13 @@ mod tiers {
         );
     }
 
-    pub fn tiered(d: &mut NodeDecisions, pod: &str, dir: Direction, tiers: &[&str], default: Action) {
+    pub fn tiered(
+        d: &mut NodeDecisions,
+        pod: &str,
+        dir: Direction,
+        tiers: &[&str],
+        default: Action,
+    ) {
         let p = d.pods.iter_mut().find(|p| p.pod.name == pod).expect("pod");
         let own = p.ips.clone();
         let dd = match dir {
@@ -541,7 +547,13 @@ fn check_tiers(attach: Attach) {
         Direction::Egress,
         vec![clause(Some("X"), None, Action::Drop)],
     );
-    tiered(d, "srv", Direction::Ingress, &["admin-in", "np-in"], Action::Drop);
+    tiered(
+        d,
+        "srv",
+        Direction::Ingress,
+        &["admin-in", "np-in"],
+        Action::Drop,
+    );
     tiered(d, "srv", Direction::Egress, &["srv-out"], Action::Accept);
     tiered(d, "adm", Direction::Egress, &["admin-out"], Action::Accept);
     lab.with_node_dataplane(0, |dp| dp.apply_full(&rs)).unwrap();

@@ -10,16 +10,16 @@ mod common;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use sluice::compile::ir::Isolation;
-use sluice::compile::{compile, Attach, Attachment, CompileInput};
 use sluice::compile::decision::{
     Action, Clause, DirDecision, Isolation as Isolation2, NodeDecisions, PeerMatch, PeerMembers,
     PeerSet, PortMatch, Rulebook,
 };
+use sluice::compile::ir::Isolation;
 use sluice::compile::net::Family;
 use sluice::compile::NodeRuleset;
-use sluice::policy::model::Direction;
+use sluice::compile::{compile, Attach, Attachment, CompileInput};
 use sluice::ebpf::translate::{proto_number, translate, Bits, Context, CtxRef, Translation};
+use sluice::policy::model::Direction;
 use sluice::policy::model::ObjectName;
 use sluice::policy::{evaluate, Endpoint, Flow, PortRef, Protocol};
 
@@ -292,11 +292,7 @@ fn peers(d: &mut NodeDecisions, name: &str, addrs: &[&str]) {
 }
 
 fn tiered(d: &mut NodeDecisions, pod: &str, dir: Direction, tiers: &[&str], default: Action) {
-    let p = d
-        .pods
-        .iter_mut()
-        .find(|p| p.pod.name == pod)
-        .expect("pod");
+    let p = d.pods.iter_mut().find(|p| p.pod.name == pod).expect("pod");
     let own = p.ips.clone();
     let dd = match dir {
         Direction::Ingress => &mut p.ingress,

@@ -171,12 +171,7 @@ pub fn context(d: &NodeDecisions, name: &str, dir: Direction) -> Result<Context,
         if runs.last().is_none_or(|(a, _)| *a != c.action) {
             runs.push((c.action, Groups::new()));
         }
-        let g = runs
-            .last_mut()
-            .expect("pushed")
-            .1
-            .entry(port)
-            .or_default();
+        let g = runs.last_mut().expect("pushed").1.entry(port).or_default();
         match &c.peer {
             PeerMatch::Any => g.1 = true,
             PeerMatch::Set(set) => {

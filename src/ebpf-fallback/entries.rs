@@ -61,11 +61,7 @@ pub fn entries(
     }
     for (key, c) in &t.contexts {
         let Some(&id) = ids.get(key) else { continue };
-        put(
-            MapId::Ctxs,
-            layout::ctx_key(id),
-            layout::ctx_val(c),
-        );
+        put(MapId::Ctxs, layout::ctx_key(id), layout::ctx_val(c));
         for (net, b) in &c.peers {
             let (m, k) = layout::peer_key(id, net);
             put(m, k, layout::bits(b));

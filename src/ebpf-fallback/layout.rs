@@ -99,7 +99,10 @@ pub enum DirVal {
     Open,
     FailClosed,
     /// Context ids in tier order (at most MAX_TIERS), then the default.
-    Tiers { ctxs: Vec<u32>, accept_default: bool },
+    Tiers {
+        ctxs: Vec<u32>,
+        accept_default: bool,
+    },
 }
 
 const GUARD_MAC: u32 = 1 << 0;
@@ -187,7 +190,11 @@ pub fn pod_key(ifindex: u32) -> Vec<u8> {
 }
 
 /// `struct pod_val`.
-pub fn pod_val(dirs: &[DirVal; 2], self_addrs: &[Vec<IpAddr>; 2], guard: Option<&Guard>) -> Vec<u8> {
+pub fn pod_val(
+    dirs: &[DirVal; 2],
+    self_addrs: &[Vec<IpAddr>; 2],
+    guard: Option<&Guard>,
+) -> Vec<u8> {
     let mut v = Vec::with_capacity(POD_VAL_SIZE);
     for d in dirs {
         let (state, ctxs, accept_default) = match d {

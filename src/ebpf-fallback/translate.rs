@@ -120,7 +120,12 @@ pub fn translate(rs: &NodeRuleset) -> Translation {
                 Isolation::Isolated { .. } => {
                     let chain = names::pod_chain(&pod.pod.namespace, &pod.pod.name, dname);
                     if dd.default == Action::Continue {
-                        fail(&mut out, &pod_name, dname, format!("{chain}: default Continue"))
+                        fail(
+                            &mut out,
+                            &pod_name,
+                            dname,
+                            format!("{chain}: default Continue"),
+                        )
                     } else if dd.accept_peers.len() > MAX_SELF {
                         fail(
                             &mut out,
