@@ -90,10 +90,9 @@ fn cnps(s: &AgentStatus) -> Vec<String> {
 async fn namespace_and_policy(client: &Client) {
     use k8s_openapi::api::core::v1::Namespace;
     use k8s_openapi::api::networking::v1::NetworkPolicy;
-    let ns: Namespace = serde_json::from_value(
-        json!({"metadata": {"name": "x", "labels": {"team": "x"}}}),
-    )
-    .unwrap();
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "x", "labels": {"team": "x"}}}))
+            .unwrap();
     Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &ns)
         .await
@@ -127,7 +126,9 @@ fn cluster_network_policies_from_the_api_reach_the_agent() {
         "kube-apiserver and etcd: run scripts/build-apiserver or set SLUICE_KUBE_APISERVER and SLUICE_ETCD",
     );
     rt.block_on(env.install_cnp_crds(Channel::Experimental))
-        .expect("the ClusterNetworkPolicy CRDs (scripts/fetch-network-policy-api or SLUICE_NPAPI_DIR)");
+        .expect(
+            "the ClusterNetworkPolicy CRDs (scripts/fetch-network-policy-api or SLUICE_NPAPI_DIR)",
+        );
     let admin = rt.block_on(env.admin_client()).unwrap();
     rt.block_on(namespace_and_policy(&admin));
 
@@ -222,8 +223,10 @@ fn cluster_network_policies_from_the_api_reach_the_agent() {
     let s = agent.status();
     let problems = &s.invalid["clusternetworkpolicies bad"];
     assert!(
-        problems.iter().all(|p| p.object == "ClusterNetworkPolicy bad"
-            && p.field.starts_with("spec.ingress[0].from[0].namespaces")),
+        problems
+            .iter()
+            .all(|p| p.object == "ClusterNetworkPolicy bad"
+                && p.field.starts_with("spec.ingress[0].from[0].namespaces")),
         "{problems:?}"
     );
     let snap = s.snapshot.unwrap();
@@ -253,9 +256,17 @@ fn cluster_network_policies_from_the_api_reach_the_agent() {
     rt.block_on(create(
         &admin,
         "v1alpha2",
-        &cnp("v1alpha2", "late", "Admin", 1, json!([{"action": "Pass", "from": [{"namespaces": {}}]}])),
+        &cnp(
+            "v1alpha2",
+            "late",
+            "Admin",
+            1,
+            json!([{"action": "Pass", "from": [{"namespaces": {}}]}]),
+        ),
     ));
-    wait(&agent, "v1alpha2 followed", |s| cnps(s) == ["alpha", "late"]);
+    wait(&agent, "v1alpha2 followed", |s| {
+        cnps(s) == ["alpha", "late"]
+    });
     assert!(has_np(&agent.status()));
     drop(agent);
     drop(env);
@@ -287,11 +298,19 @@ fn without_the_crd_the_agent_runs_and_picks_it_up_later() {
     });
 
     rt.block_on(env.install_cnp_crds(Channel::Experimental))
-        .expect("the ClusterNetworkPolicy CRDs (scripts/fetch-network-policy-api or SLUICE_NPAPI_DIR)");
+        .expect(
+            "the ClusterNetworkPolicy CRDs (scripts/fetch-network-policy-api or SLUICE_NPAPI_DIR)",
+        );
     rt.block_on(create(
         &admin,
         "v1beta1",
-        &cnp("v1beta1", "later", "Admin", 1, json!([{"action": "Deny", "from": [{"namespaces": {}}]}])),
+        &cnp(
+            "v1beta1",
+            "later",
+            "Admin",
+            1,
+            json!([{"action": "Deny", "from": [{"namespaces": {}}]}]),
+        ),
     ));
     wait(&agent, "the CRD installed later is picked up", |s| {
         cnps(s) == ["later"]
@@ -299,7 +318,9 @@ fn without_the_crd_the_agent_runs_and_picks_it_up_later() {
 
     // Removing the CRD removes its objects: the snapshot follows.
     rt.block_on(env.remove_cnp_crds()).unwrap();
-    wait(&agent, "the CRD removed", |s| cnps(s).is_empty() && has_np(s));
+    wait(&agent, "the CRD removed", |s| {
+        cnps(s).is_empty() && has_np(s)
+    });
 }
 
 /// The conformance backend through the API server writes, updates and deletes the desired
@@ -331,14 +352,18 @@ spec:
         .cluster
         .cluster_policies
         .insert("deny-y".into(), deny_y.clone());
-    c.sync(&mut world.cluster).expect("the CNP is written and held by every agent");
+    c.sync(&mut world.cluster)
+        .expect("the CNP is written and held by every agent");
     let snap = c.in_process(0).unwrap().status().snapshot.unwrap();
     assert_eq!(snap.cluster_policies["deny-y"], deny_y);
 
     let mut changed = deny_y.clone();
     changed.priority = 9;
     changed.egress.clear();
-    world.cluster.cluster_policies.insert("deny-y".into(), changed.clone());
+    world
+        .cluster
+        .cluster_policies
+        .insert("deny-y".into(), changed.clone());
     c.sync(&mut world.cluster).expect("the update");
     let snap = c.in_process(1).unwrap().status().snapshot.unwrap();
     assert_eq!(snap.cluster_policies["deny-y"], changed);

@@ -69,9 +69,7 @@ impl Object {
             Object::Pod(_) => Kind::Pods,
             Object::Namespace(_) => Kind::Namespaces,
             Object::Policy(_) | Object::InvalidPolicy { .. } => Kind::Policies,
-            Object::ClusterPolicy(_) | Object::InvalidClusterPolicy { .. } => {
-                Kind::ClusterPolicies
-            }
+            Object::ClusterPolicy(_) | Object::InvalidClusterPolicy { .. } => Kind::ClusterPolicies,
         }
     }
 

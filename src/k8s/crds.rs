@@ -71,8 +71,8 @@ pub fn crd(channel: Channel) -> Result<CustomResourceDefinition> {
         .join("config/crd")
         .join(channel.dir())
         .join("policy.networking.k8s.io_clusternetworkpolicies.yaml");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let docs: Vec<serde_json::Value> =
         serde_saphyr::from_multiple(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let doc = docs

@@ -134,8 +134,7 @@ pub(super) async fn watch_kind<K, F>(
     options: WatchOptions,
     sink: Sink,
     convert: F,
-)
-where
+) where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
     F: Fn(&K) -> (ObjectName, Result<Option<Object>, Vec<Problem>>),
 {

@@ -32,10 +32,14 @@ pub(super) async fn apply_all(
             continue;
         }
         let obj = export::cluster_policy(p).map_err(|e| anyhow!(e))?;
-        api.patch(name, &PatchParams::apply(manager).force(), &Patch::Apply(&obj))
-            .await
-            .map_err(api_err)
-            .with_context(|| format!("writing ClusterNetworkPolicy {name}"))?;
+        api.patch(
+            name,
+            &PatchParams::apply(manager).force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .map_err(api_err)
+        .with_context(|| format!("writing ClusterNetworkPolicy {name}"))?;
         written.insert(name.clone(), p.clone());
     }
     Ok(())

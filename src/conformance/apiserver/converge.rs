@@ -108,10 +108,14 @@ pub(super) fn explain_disagreement(
                 .chain(have.cluster_policies.keys())
                 .filter(|n| have.cluster_policies.get(*n) != want.cluster_policies.get(*n))
             {
-                out.push(format!("ClusterNetworkPolicy {n} differs, is missing or should be gone"));
+                out.push(format!(
+                    "ClusterNetworkPolicy {n} differs, is missing or should be gone"
+                ));
             }
             for n in have.invalid_cluster_policies.keys() {
-                out.push(format!("ClusterNetworkPolicy {n} is invalid in the agent's snapshot"));
+                out.push(format!(
+                    "ClusterNetworkPolicy {n} is invalid in the agent's snapshot"
+                ));
             }
             for (n, ns) in &want.namespaces {
                 if have.namespaces.get(n).map(|h| &h.labels) != Some(&ns.labels) {
