@@ -21,6 +21,7 @@ fn daemonset() -> DaemonSet {
 
 #[test]
 fn the_cluster_role_only_reads_pods_namespaces_and_policies() {
+    // ClusterNetworkPolicies included; no access to CRDs themselves (discovery is enough).
     let role: ClusterRole = docs("rbac.yaml")
         .into_iter()
         .find(|d| d["kind"] == "ClusterRole")
@@ -40,7 +41,12 @@ fn the_cluster_role_only_reads_pods_namespaces_and_policies() {
     granted.sort();
     assert_eq!(
         granted,
-        ["/namespaces", "/pods", "networking.k8s.io/networkpolicies"]
+        [
+            "/namespaces",
+            "/pods",
+            "networking.k8s.io/networkpolicies",
+            "policy.networking.k8s.io/clusternetworkpolicies"
+        ]
     );
 }
 

@@ -68,6 +68,7 @@ fn feed_all(lab: &EnforcedLab, feed: &ChangeFeed) {
             .collect(),
     ));
     feed.send(Change::Relisted(Kind::Policies, vec![policy()]));
+    feed.send(Change::Relisted(Kind::ClusterPolicies, vec![]));
 }
 
 fn probe(lab: &EnforcedLab, from: &str, to: &str, expect: bool) -> bool {
@@ -95,7 +96,7 @@ fn enforces_and_detects(attach: Attach, lab_name: &str) {
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let lab = lab_with_pods(lab_name, attach);
     let (agent, feed) = Agent::start_fed(config(&lab)).unwrap();
-    // Two of three kinds listed: nothing may be applied from half a snapshot.
+    // Two of four kinds listed: nothing may be applied from half a snapshot.
     feed.send(Change::Relisted(Kind::Policies, vec![policy()]));
     feed.send(Change::Relisted(Kind::Namespaces, vec![]));
     std::thread::sleep(Duration::from_millis(300));

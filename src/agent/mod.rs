@@ -4,7 +4,8 @@
 //! ```text
 //!  kube watchers (tokio) ──Change──> reconciler thread ──compile──> delta ──nft──> kernel
 //!   pods, namespaces,                 snapshot, debounce             read back + check
-//!   networkpolicies                   drift check                    metrics, /readyz
+//!   networkpolicies,                  drift check                    metrics, /readyz
+//!   clusternetworkpolicies (CRD)
 //! ```
 //!
 //! On start the first apply is one atomic replacement of whatever table exists (a previous
@@ -13,6 +14,7 @@
 
 pub mod attach;
 pub mod http;
+pub mod invalid;
 pub mod metrics;
 mod reconcile;
 
@@ -110,6 +112,9 @@ pub struct AgentStatus {
     pub snapshot: Option<Arc<Cluster>>,
     /// Local pods whose interface was not found at the last sync.
     pub unattached: Vec<ObjectName>,
+    /// Objects the API holds that sluice refuses (`networkpolicies ns/name`,
+    /// `clusternetworkpolicies name`) and why, by field. Their pods fail closed.
+    pub invalid: std::collections::BTreeMap<String, Vec<crate::policy::model::Problem>>,
 }
 
 /// State shared by the reconciler, the watchers and the HTTP endpoints.
@@ -250,6 +255,14 @@ impl Agent {
                         .watch_events
                         .get_or_create(&vec![("resource", kind.as_str())])
                         .inc();
+                    let mut fresh = Vec::new();
+                    shared.update(|s| fresh = invalid::track(&mut s.invalid, &c));
+                    for (object, problems) in fresh {
+                        shared.metrics.error("invalid_object");
+                        for p in problems {
+                            warn!(node = %node, object = %object, problem = %p, "refused; its pods fail closed");
+                        }
+                    }
                     let _ = tx.send(Msg::Change(c));
                 }
                 WatchEvent::Invalid(kind, problems) => {
@@ -281,8 +294,8 @@ impl Agent {
     }
 
     /// An agent fed by hand instead of by watchers (no API server): tests of the reconcile
-    /// loop, and tools that replay recorded changes. Send `Relisted` for all three kinds
-    /// before expecting a first sync.
+    /// loop, and tools that replay recorded changes. Send `Relisted` for every kind of
+    /// `Kind::ALL` before expecting a first sync.
     pub fn start_fed(cfg: AgentConfig) -> Result<(Agent, ChangeFeed)> {
         let shared = Arc::new(Shared::new());
         let dataplane = choose_dataplane(&cfg, &shared)?;

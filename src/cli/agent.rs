@@ -63,6 +63,10 @@ pub struct AgentArgs {
     /// Longest wait between attempts to reach an unreachable API server.
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     watch_backoff_max: u64,
+    /// How often the API's discovery is asked whether (and which version of) the
+    /// ClusterNetworkPolicy CRD is served: a CRD installed later is picked up within this.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    cnp_rediscover: u64,
     /// What enforces: nftables, the eBPF fallback (tc classifier + BPF maps), or auto:
     /// nftables when `nft` works here, eBPF otherwise (the choice is logged and exported as
     /// sluice_dataplane_info).
@@ -131,6 +135,7 @@ pub fn run(args: AgentArgs) -> Result<i32> {
         service_cidrs: args.service_cidr.clone(),
         watch: WatchOptions {
             backoff_max: Duration::from_secs(args.watch_backoff_max.max(1)),
+            rediscover: Duration::from_secs(args.cnp_rediscover.max(1)),
             ..WatchOptions::default()
         },
         ..AgentConfig::new(&node)

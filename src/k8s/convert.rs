@@ -1,11 +1,13 @@
 //! Kubernetes objects from the API into changes of the policy model.
 //!
 //! Validation is the policy core's (`pod_from_k8s`, `namespace_from_k8s`,
-//! `networkpolicy::convert`); this module only decides what an event means for the snapshot.
+//! `networkpolicy::convert`, `cnp::read`); this module only decides what an event means for
+//! the snapshot.
 
 use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Pod as K8sPod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
+use crate::policy::cnp::{self, ClusterPolicy, Subject};
 use crate::policy::labels::Selector;
 use crate::policy::model::{Cluster, InvalidPolicy, Namespace, ObjectName, Pod, Policy, Problem};
 use crate::policy::{networkpolicy, objects};
@@ -15,16 +17,25 @@ pub enum Kind {
     Pods,
     Namespaces,
     Policies,
+    /// ClusterNetworkPolicies. Listed (possibly as "none") even where the CRD is not
+    /// installed, so the agent never enforces a snapshot missing the CNPs that exist.
+    ClusterPolicies,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Pods, Kind::Namespaces, Kind::Policies];
+    pub const ALL: [Kind; 4] = [
+        Kind::Pods,
+        Kind::Namespaces,
+        Kind::Policies,
+        Kind::ClusterPolicies,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Pods => "pods",
             Kind::Namespaces => "namespaces",
             Kind::Policies => "networkpolicies",
+            Kind::ClusterPolicies => "clusternetworkpolicies",
         }
     }
 }
@@ -42,6 +53,14 @@ pub enum Object {
         selector: Option<Selector>,
         problems: Vec<Problem>,
     },
+    ClusterPolicy(ClusterPolicy),
+    /// A ClusterNetworkPolicy the API server accepted but sluice refuses: its subject (when
+    /// it alone is valid; None means every pod) fails closed.
+    InvalidClusterPolicy {
+        name: String,
+        subject: Option<Subject>,
+        problems: Vec<Problem>,
+    },
 }
 
 impl Object {
@@ -50,16 +69,28 @@ impl Object {
             Object::Pod(_) => Kind::Pods,
             Object::Namespace(_) => Kind::Namespaces,
             Object::Policy(_) | Object::InvalidPolicy { .. } => Kind::Policies,
+            Object::ClusterPolicy(_) | Object::InvalidClusterPolicy { .. } => Kind::ClusterPolicies,
         }
     }
 
-    /// Namespaces are keyed with an empty namespace.
+    /// Namespaces and ClusterNetworkPolicies are keyed with an empty namespace.
     pub fn key(&self) -> ObjectName {
         match self {
             Object::Pod(p) => p.object_name(),
             Object::Namespace(n) => ObjectName::new("", &n.name),
             Object::Policy(p) => p.object_name(),
             Object::InvalidPolicy { name, .. } => name.clone(),
+            Object::ClusterPolicy(p) => ObjectName::new("", &p.name),
+            Object::InvalidClusterPolicy { name, .. } => ObjectName::new("", name),
+        }
+    }
+
+    /// What is wrong with it, for an object sluice refuses (it is still in the snapshot).
+    pub fn problems(&self) -> Option<&[Problem]> {
+        match self {
+            Object::InvalidPolicy { problems, .. }
+            | Object::InvalidClusterPolicy { problems, .. } => Some(problems),
+            _ => None,
         }
     }
 }
@@ -126,6 +157,33 @@ pub fn policy_key(np: &NetworkPolicy) -> ObjectName {
     key_of(np.metadata.namespace.as_ref(), np.metadata.name.as_ref())
 }
 
+/// A ClusterNetworkPolicy as the API serves it (any served version: one schema), read by
+/// [`cnp::read`] exactly like a manifest: the whole object, unknown fields included (the
+/// rules carrying them fail closed). Never fails: an invalid CNP is an object too. Also
+/// returns convert's warnings (fail-closed rules, ignored fields) for the log.
+pub fn cluster_policy(doc: &serde_json::Value) -> (Object, Vec<String>) {
+    let read = cnp::read(doc);
+    let mut warnings = read.warnings;
+    warnings.extend(
+        read.unknown
+            .iter()
+            .map(|f| format!("{} {}: {f}: unknown field", cnp::KIND, read.name)),
+    );
+    let obj = match read.policy {
+        Ok(p) => Object::ClusterPolicy(p),
+        Err(problems) => Object::InvalidClusterPolicy {
+            name: read.name,
+            subject: read.subject,
+            problems,
+        },
+    };
+    (obj, warnings)
+}
+
+pub fn cluster_policy_key(doc: &serde_json::Value) -> ObjectName {
+    ObjectName::new("", doc["metadata"]["name"].as_str().unwrap_or_default())
+}
+
 /// Applies one change to a snapshot. Returns whether anything changed.
 pub fn apply(cluster: &mut Cluster, change: Change) -> bool {
     match change {
@@ -164,6 +222,12 @@ fn keys(cluster: &Cluster, kind: Kind) -> Vec<ObjectName> {
             .chain(cluster.invalid_policies.keys())
             .cloned()
             .collect(),
+        Kind::ClusterPolicies => cluster
+            .cluster_policies
+            .keys()
+            .chain(cluster.invalid_cluster_policies.keys())
+            .map(|n| ObjectName::new("", n))
+            .collect(),
     }
 }
 
@@ -198,6 +262,18 @@ fn upsert(cluster: &mut Cluster, obj: Object) -> bool {
             }
             cluster.mark_policy_invalid(name, invalid);
         }
+        Object::ClusterPolicy(p) => {
+            if cluster.cluster_policies.get(&p.name) == Some(&p) {
+                return false;
+            }
+            cluster.upsert_cluster_policy(p);
+        }
+        Object::InvalidClusterPolicy { name, subject, .. } => {
+            if cluster.invalid_cluster_policies.get(&name) == Some(&subject) {
+                return false;
+            }
+            cluster.mark_cluster_policy_invalid(name, subject);
+        }
     }
     // The snapshot lives for the agent's lifetime: its "undeclared namespace" warnings are
     // about manifests, and would only pile up here.
@@ -214,6 +290,10 @@ fn remove(cluster: &mut Cluster, kind: Kind, key: &ObjectName) -> bool {
         Kind::Policies => {
             let invalid = cluster.invalid_policies.contains_key(key);
             cluster.remove_policy(key).is_some() || invalid
+        }
+        Kind::ClusterPolicies => {
+            let invalid = cluster.invalid_cluster_policies.contains_key(&key.name);
+            cluster.remove_cluster_policy(&key.name).is_some() || invalid
         }
     }
 }

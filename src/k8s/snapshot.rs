@@ -1,5 +1,6 @@
 //! One read of a live cluster for the offline tools (explain, matrix, diff, lint): the
-//! Namespaces, Pods and NetworkPolicies as manifest documents, which the CLI feeds to the same
+//! Namespaces, Pods, NetworkPolicies and (where the CRD is served) ClusterNetworkPolicies as
+//! manifest documents, which the CLI feeds to the same
 //! loader as files ([`crate::policy::objects::ClusterBuilder`]).
 //!
 //! Workload objects are not read: in a live cluster their pods exist and carry the labels.
@@ -10,7 +11,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::ListParams;
+use kube::api::{DynamicObject, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use serde_json::Value;
@@ -51,7 +52,8 @@ fn values<T: serde::Serialize>(items: Vec<T>) -> Result<Vec<Value>> {
         .collect()
 }
 
-/// Lists every Namespace, running Pod and NetworkPolicy, as manifest documents.
+/// Lists every Namespace, running Pod, NetworkPolicy and ClusterNetworkPolicy, as manifest
+/// documents.
 pub async fn list(client: &Client) -> Result<Vec<Value>> {
     let lp = ListParams::default();
     let namespaces = Api::<Namespace>::all(client.clone())
@@ -74,5 +76,24 @@ pub async fn list(client: &Client) -> Result<Vec<Value>> {
             .collect(),
     )?);
     out.extend(values(policies.items)?);
+    let version = super::cnp_watch::served_version(client)
+        .await
+        .context("cannot ask the API's discovery whether ClusterNetworkPolicy is served")?;
+    if let Some(version) = version {
+        let resource = super::cnp_watch::api_resource(version);
+        let cnps = Api::<DynamicObject>::all_with(client.clone(), &resource)
+            .list(&lp)
+            .await
+            .context(
+                "cannot list clusternetworkpolicies (RBAC: list clusternetworkpolicies.policy.networking.k8s.io)",
+            )?;
+        for o in cnps.items {
+            let mut doc = serde_json::to_value(o).context("cannot convert an object to JSON")?;
+            // The loader needs them; list items normally carry them already.
+            doc["apiVersion"] = Value::String(resource.api_version.clone());
+            doc["kind"] = Value::String(resource.kind.clone());
+            out.push(doc);
+        }
+    }
     Ok(out)
 }

@@ -1,5 +1,5 @@
-//! Three kube-runtime watchers (Pods in all namespaces, Namespaces, NetworkPolicies) whose
-//! events become [`Change`]s. kube-runtime does the hard parts: paginated relists, resuming
+//! kube-runtime watchers (Pods in all namespaces, Namespaces, NetworkPolicies and, where the
+//! CRD is served, ClusterNetworkPolicies) whose events become [`Change`]s. kube-runtime does the hard parts: paginated relists, resuming
 //! from the last resourceVersion, bookmarks, and a relist after `410 Gone`. Every error is
 //! retried after a backoff (exponential, capped, reset once a watch works again).
 
@@ -35,6 +35,9 @@ pub struct WatchOptions {
     /// Longest delay between retries. client-go uses 30 s; a node agent that must notice a
     /// restarted API server quickly wants less, and one watch per node is cheap.
     pub backoff_max: Duration,
+    /// How often the API's discovery is asked which ClusterNetworkPolicy version it serves
+    /// (the CRD may be installed, removed or change versions while the agent runs).
+    pub rediscover: Duration,
 }
 
 impl Default for WatchOptions {
@@ -42,12 +45,13 @@ impl Default for WatchOptions {
         WatchOptions {
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(10),
+            rediscover: Duration::from_secs(30),
         }
     }
 }
 
 /// Doubling delay with ±25% jitter (so a fleet of agents does not retry in lockstep).
-struct CappedBackoff {
+pub(super) struct CappedBackoff {
     min: Duration,
     max: Duration,
     next: Duration,
@@ -55,7 +59,7 @@ struct CappedBackoff {
 }
 
 impl CappedBackoff {
-    fn new(o: &WatchOptions) -> Self {
+    pub(super) fn new(o: &WatchOptions) -> Self {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -90,7 +94,7 @@ impl Backoff for CappedBackoff {
     }
 }
 
-/// Starts the three watchers on the current tokio runtime. They run until aborted.
+/// Starts the watchers on the current tokio runtime. They run until aborted.
 pub fn spawn_watchers(client: Client, options: &WatchOptions, sink: Sink) -> Vec<JoinHandle<()>> {
     vec![
         tokio::spawn(watch_kind(
@@ -108,19 +112,29 @@ pub fn spawn_watchers(client: Client, options: &WatchOptions, sink: Sink) -> Vec
             |n: &K8sNamespace| (convert::namespace_key(n), convert::namespace(n).map(Some)),
         )),
         tokio::spawn(watch_kind(
-            Api::<NetworkPolicy>::all(client),
+            Api::<NetworkPolicy>::all(client.clone()),
             Kind::Policies,
             options.clone(),
-            sink,
+            sink.clone(),
             |np: &NetworkPolicy| (convert::policy_key(np), Ok(Some(convert::policy(np)))),
+        )),
+        tokio::spawn(super::cnp_watch::watch_cluster_policies(
+            client,
+            options.clone(),
+            sink,
         )),
     ]
 }
 
 /// `convert` gives the object's key and what it is now: `Ok(None)` means it no longer
 /// counts (a finished pod), `Err` that it cannot be read (left out, reported).
-async fn watch_kind<K, F>(api: Api<K>, kind: Kind, options: WatchOptions, sink: Sink, convert: F)
-where
+pub(super) async fn watch_kind<K, F>(
+    api: Api<K>,
+    kind: Kind,
+    options: WatchOptions,
+    sink: Sink,
+    convert: F,
+) where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
     F: Fn(&K) -> (ObjectName, Result<Option<Object>, Vec<Problem>>),
 {
@@ -169,6 +183,7 @@ mod tests {
         let mut b = CappedBackoff::new(&WatchOptions {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_millis(800),
+            ..WatchOptions::default()
         });
         let d: Vec<Duration> = (0..6).map(|_| b.next().unwrap()).collect();
         assert!(d[0] >= Duration::from_millis(50) && d[0] <= Duration::from_millis(125));

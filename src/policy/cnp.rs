@@ -14,6 +14,7 @@
 //! rules carrying fields the schema does not know.
 
 mod raw;
+mod read;
 mod validate;
 
 use std::fmt;
@@ -29,6 +30,7 @@ pub use self::raw::{
     RawCnp, RawEgressPeer, RawEgressRule, RawIngressPeer, RawIngressRule, RawNamespacedPod,
     RawPort, RawProtoPort, RawProtocol, RawRange, RawSpec, RawSubject,
 };
+pub use self::read::{read, Read};
 pub use self::validate::{convert, Converted};
 
 /// The apiVersions that serve ClusterNetworkPolicy (same schema).

@@ -92,6 +92,7 @@ pub struct ApiCluster {
     namespaces: BTreeMap<String, Namespace>,
     pods: BTreeMap<ObjectName, Pod>,
     policies: BTreeSet<ObjectName>,
+    cluster_policies: BTreeMap<String, crate::policy::cnp::ClusterPolicy>,
     pub(super) opts: ApiClusterOptions,
 }
 
@@ -118,6 +119,10 @@ impl ApiCluster {
             .enable_all()
             .build()?;
         let env = rt.block_on(TestEnv::start())?;
+        // Before the agents start, so they find the CRD at once (cases with CNPs need it; an
+        // unavailable module is an error, not a skip).
+        rt.block_on(env.install_cnp_crds(crate::k8s::crds::Channel::Experimental))
+            .context("installing the ClusterNetworkPolicy CRDs into the test API server")?;
         let admin = rt.block_on(env.admin_client())?;
         let n = LABS.fetch_add(1, Ordering::SeqCst);
         let name = format!("ap{}x{n}", std::process::id() % 100_000);
@@ -131,6 +136,7 @@ impl ApiCluster {
             namespaces: BTreeMap::new(),
             pods: BTreeMap::new(),
             policies: BTreeSet::new(),
+            cluster_policies: BTreeMap::new(),
             opts,
         };
         for i in 0..c.opts.nodes {
@@ -163,6 +169,9 @@ impl ApiCluster {
             watch: crate::k8s::watch::WatchOptions {
                 backoff_min: Duration::from_millis(200),
                 backoff_max: Duration::from_secs(2),
+                // The CRDs are installed before the agents start; a short interval only
+                // matters to a test that installs or changes them later.
+                rediscover: Duration::from_secs(2),
             },
             ..AgentConfig::new(&node_name(node))
         }
@@ -253,7 +262,7 @@ impl ApiCluster {
     }
 
     /// API writes, in the order a user would make them: namespaces, then deletions (freeing
-    /// addresses), then pods and policies.
+    /// addresses), then pods, policies and ClusterNetworkPolicies.
     fn write(&mut self, desired: &Cluster) -> Result<()> {
         let ns_api: Api<K8sNamespace> = Api::all(self.admin.clone());
         for ns in desired.namespaces.values() {
@@ -305,6 +314,18 @@ impl ApiCluster {
             }
             self.policies.remove(&name);
         }
+        if let Some(name) = desired.invalid_cluster_policies.keys().next() {
+            bail!("ClusterNetworkPolicy {name} is invalid: the model keeps no object to write to the API server for it");
+        }
+        let admin = self.admin.clone();
+        let mut written = std::mem::take(&mut self.cluster_policies);
+        let deleted = self.block(super::cnp::delete_stale(
+            &admin,
+            &mut written,
+            Some(&desired.cluster_policies),
+        ));
+        self.cluster_policies = written;
+        deleted?;
         for (name, want) in &desired.pods {
             let api: Api<K8sPod> = Api::namespaced(self.admin.clone(), &name.namespace);
             match self.pods.get(name) {
@@ -354,7 +375,15 @@ impl ApiCluster {
             .with_context(|| format!("writing policy {name}"))?;
             self.policies.insert(name.clone());
         }
-        Ok(())
+        let mut written = std::mem::take(&mut self.cluster_policies);
+        let applied = self.block(super::cnp::apply_all(
+            &admin,
+            MANAGER,
+            &mut written,
+            &desired.cluster_policies,
+        ));
+        self.cluster_policies = written;
+        applied
     }
 
     /// Whether an existing pod (as created) is still the desired one but for its labels.
@@ -437,6 +466,11 @@ impl ApiCluster {
                 }
             }
         }
+        let admin = self.admin.clone();
+        let mut written = std::mem::take(&mut self.cluster_policies);
+        let deleted = self.block(super::cnp::delete_stale(&admin, &mut written, None));
+        self.cluster_policies = written;
+        deleted?;
         let ns_api: Api<K8sNamespace> = Api::all(self.admin.clone());
         for name in std::mem::take(&mut self.namespaces).into_keys() {
             if matches!(

@@ -23,7 +23,8 @@ fn same_pod(a: &Pod, b: &Pod) -> bool {
         && pa == pb
 }
 
-/// The agent's last enforced snapshot holds exactly the desired pods and policies, and the
+/// The agent's last enforced snapshot holds exactly the desired pods, policies and
+/// ClusterNetworkPolicies, and the
 /// desired namespaces with their labels (the API server's own namespaces may be there too).
 pub(super) fn agrees(s: &AgentStatus, want: &Cluster) -> bool {
     let Some(have) = &s.snapshot else {
@@ -42,6 +43,8 @@ pub(super) fn agrees(s: &AgentStatus, want: &Cluster) -> bool {
             .all(|(n, p)| have.pods.get(n).is_some_and(|h| same_pod(h, p)))
         && have.policies == want.policies
         && have.invalid_policies.is_empty()
+        && have.cluster_policies == want.cluster_policies
+        && have.invalid_cluster_policies.is_empty()
 }
 
 /// The agent found every local pod's interface, and found what the lab (the CNI plugin) made.
@@ -98,6 +101,21 @@ pub(super) fn explain_disagreement(
                 .filter(|n| !want.policies.contains_key(n))
             {
                 out.push(format!("policy {n} should be gone"));
+            }
+            for n in want
+                .cluster_policies
+                .keys()
+                .chain(have.cluster_policies.keys())
+                .filter(|n| have.cluster_policies.get(*n) != want.cluster_policies.get(*n))
+            {
+                out.push(format!(
+                    "ClusterNetworkPolicy {n} differs, is missing or should be gone"
+                ));
+            }
+            for n in have.invalid_cluster_policies.keys() {
+                out.push(format!(
+                    "ClusterNetworkPolicy {n} is invalid in the agent's snapshot"
+                ));
             }
             for (n, ns) in &want.namespaces {
                 if have.namespaces.get(n).map(|h| &h.labels) != Some(&ns.labels) {

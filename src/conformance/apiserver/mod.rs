@@ -1,7 +1,7 @@
 //! The conformance backend through a real API server: a kube-apiserver + etcd on loopback
 //! ([`crate::k8s::testenv`]), the lab's nodes, and one sluice agent per node enforcing what
 //! the API says. The runner's desired state is written to the API (namespaces, pods,
-//! NetworkPolicies); the lab plays the kubelet (it creates a pod's network namespace for every
+//! NetworkPolicies, ClusterNetworkPolicies); the lab plays the kubelet (it creates a pod's network namespace for every
 //! Pod bound to one of its nodes and writes `status.podIP` and `phase` back); the agents do
 //! the rest, exactly as on a real node. Probes are the lab's real connections.
 //!
@@ -9,11 +9,13 @@
 //! API server or SIGKILL an agent process); [`ApiserverEnforcer`] adapts it to the runner.
 //!
 //! - `cluster`: API server + lab + agents, writing the desired state with the API;
+//! - `cnp`: ClusterNetworkPolicies written, updated and deleted through the API;
 //! - `kubelet`: the lab as the kubelet (pod namespaces, `status.podIP`, `phase`);
 //! - `converge`: when an agent has enforced exactly the desired state;
 //! - `external`: a `sluice agent` process per node (the SIGKILL test).
 
 mod cluster;
+mod cnp;
 mod converge;
 mod external;
 mod kubelet;
