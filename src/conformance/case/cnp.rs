@@ -3,6 +3,8 @@
 //! (or that carries a field the schema does not know) is a broken case, not a policy that
 //! fails closed: the error names the field so the author can fix it.
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use serde_json::Value;
@@ -10,6 +12,7 @@ use serde_json::Value;
 use super::substitute_value;
 use crate::policy::cnp::{self, ClusterPolicy, RawCnp};
 use crate::policy::fields::{decode, unknown_fields, TypeError};
+use crate::policy::ObjectName;
 
 /// The validated policy of a ClusterNetworkPolicy manifest (placeholders already substituted).
 pub fn cnp_from_manifest(m: &Value) -> Result<ClusterPolicy, String> {
@@ -42,9 +45,16 @@ pub fn cnp_from_manifest(m: &Value) -> Result<ClusterPolicy, String> {
 }
 
 /// Load-time check of a CNP manifest. `${ip:..}` placeholders only resolve while a case runs,
-/// so here they stand for a documentation address (TEST-NET-1): a valid /32 either way.
+/// so here each pod stands for its own benchmarking address (198.18.0.0/15): a valid /32
+/// either way, and two pods never collide (the CRD refuses a CIDR listed twice).
 pub fn check_cnp_manifest(m: &Value) -> Result<(), String> {
-    let doc = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
-    let m = substitute_value(m, &|_| Some(doc))?;
+    let seen: RefCell<BTreeMap<ObjectName, IpAddr>> = RefCell::default();
+    let m = substitute_value(m, &|n| {
+        let mut seen = seen.borrow_mut();
+        let next = u32::from(Ipv4Addr::new(198, 18, 0, 1)) + seen.len() as u32;
+        Some(*seen
+            .entry(n.clone())
+            .or_insert(IpAddr::V4(Ipv4Addr::from(next))))
+    })?;
     cnp_from_manifest(&m).map(|_| ())
 }
