@@ -568,11 +568,18 @@ steps:
         let good = "create: {apiVersion: policy.networking.k8s.io/v1beta1, kind: ClusterNetworkPolicy, metadata: {name: c}, spec: {tier: Baseline, priority: 3, subject: {namespaces: {}}, egress: [{action: Deny, to: [{networks: ['${ip:x/a}/32']}]}]}}";
         assert!(parse_case(&case(good)).is_ok());
         let err = parse_case(&case(&good.replace("priority: 3", "priority: -1"))).unwrap_err();
-        assert!(err.starts_with("step 2:") && err.contains("spec.priority"), "{err}");
+        assert!(
+            err.starts_with("step 2:") && err.contains("spec.priority"),
+            "{err}"
+        );
         assert!(parse_case(&case("delete: {kind: ClusterNetworkPolicy, name: c}")).is_ok());
-        let err = parse_case(&case("delete: {kind: ClusterNetworkPolicy, namespace: x, name: c}"))
-            .unwrap_err();
+        let err = parse_case(&case(
+            "delete: {kind: ClusterNetworkPolicy, namespace: x, name: c}",
+        ))
+        .unwrap_err();
         assert!(err.contains("cluster-scoped"), "{err}");
-        assert!(parse_case(&case("delete: {name: c}")).unwrap_err().contains("namespace"));
+        assert!(parse_case(&case("delete: {name: c}"))
+            .unwrap_err()
+            .contains("namespace"));
     }
 }

@@ -12,13 +12,13 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::Value;
 
 use super::case::{
-    cnp_from_manifest, parse_pod_name, substitute, substitute_value, Action, LabelChanges,
-    PodSpec, Topology,
+    cnp_from_manifest, parse_pod_name, substitute, substitute_value, Action, LabelChanges, PodSpec,
+    Topology,
 };
 use super::topology;
 use crate::policy::model::{ObjectName, NAMESPACE_NAME_LABEL};
-use crate::policy::{cnp, networkpolicy};
 use crate::policy::Cluster;
+use crate::policy::{cnp, networkpolicy};
 
 #[derive(Debug, Clone)]
 pub struct World {
@@ -350,14 +350,20 @@ mod tests {
         });
         w.apply(&del).unwrap();
         assert!(w.cluster.cluster_policies.is_empty() && w.cnp_manifests.is_empty());
-        assert!(w.apply(&del).unwrap_err().contains("no ClusterNetworkPolicy deny"));
+        assert!(w
+            .apply(&del)
+            .unwrap_err()
+            .contains("no ClusterNetworkPolicy deny"));
     }
 
     #[test]
     fn invalid_cluster_network_policies_are_errors_naming_the_field() {
         let mut w = World::new(&Topology::Default, 1).unwrap();
         let err = w.apply(&Action::Create(cnp("bad", 1001))).unwrap_err();
-        assert!(err.contains("ClusterNetworkPolicy bad") && err.contains("spec.priority"), "{err}");
+        assert!(
+            err.contains("ClusterNetworkPolicy bad") && err.contains("spec.priority"),
+            "{err}"
+        );
         let mut namespaced = cnp("ns", 1);
         namespaced["metadata"]["namespace"] = "x".into();
         let err = w.apply(&Action::Create(namespaced)).unwrap_err();
@@ -368,7 +374,10 @@ mod tests {
         assert!(err.contains("acton"), "{err}");
         let mut version = cnp("v", 1);
         version["apiVersion"] = "policy.networking.k8s.io/v1alpha1".into();
-        assert!(w.apply(&Action::Create(version)).unwrap_err().contains("apiVersion"));
+        assert!(w
+            .apply(&Action::Create(version))
+            .unwrap_err()
+            .contains("apiVersion"));
         assert!(w.cluster.cluster_policies.is_empty());
     }
 }

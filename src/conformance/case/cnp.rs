@@ -52,9 +52,11 @@ pub fn check_cnp_manifest(m: &Value) -> Result<(), String> {
     let m = substitute_value(m, &|n| {
         let mut seen = seen.borrow_mut();
         let next = u32::from(Ipv4Addr::new(198, 18, 0, 1)) + seen.len() as u32;
-        Some(*seen
-            .entry(n.clone())
-            .or_insert(IpAddr::V4(Ipv4Addr::from(next))))
+        Some(
+            *seen
+                .entry(n.clone())
+                .or_insert(IpAddr::V4(Ipv4Addr::from(next))),
+        )
     })?;
     cnp_from_manifest(&m).map(|_| ())
 }
