@@ -5,6 +5,7 @@
 //! expectation that is not `all`, patterns that do not parse), so a typo is an error that
 //! names the file rather than a case that silently tests something else.
 
+mod cnp;
 mod load;
 mod substitute;
 
@@ -17,6 +18,7 @@ use serde_json::Value;
 
 use crate::policy::{ObjectName, Protocol};
 
+pub use self::cnp::{check_cnp_manifest, cnp_from_manifest};
 pub use self::load::{case_files, load_case_file, load_cases, parse_case};
 pub use self::substitute::{substitute, substitute_value};
 
@@ -104,12 +106,13 @@ pub struct Step {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum Action {
-    /// A full NetworkPolicy manifest.
+    /// A full NetworkPolicy or ClusterNetworkPolicy manifest (chosen by `kind`).
     Create(Value),
-    /// Replaces the policy with the same namespace/name.
+    /// Replaces the policy of the same kind with the same namespace/name (CNP: name).
     Update(Value),
     Delete(PolicyRef),
-    /// Every policy of this namespace.
+    /// Every NetworkPolicy of this namespace. ClusterNetworkPolicies are cluster-scoped and
+    /// stay, as with `kubectl delete networkpolicy --all -n NS`.
     DeleteAllPolicies(String),
     LabelNamespace(LabelNamespace),
     LabelPod(LabelPod),
@@ -123,15 +126,19 @@ impl Action {
     pub fn summary(&self) -> String {
         let policy = |v: &Value| {
             let m = &v["metadata"];
-            format!(
-                "{}/{}",
-                m["namespace"].as_str().unwrap_or("?"),
-                m["name"].as_str().unwrap_or("?")
-            )
+            let name = m["name"].as_str().unwrap_or("?");
+            if is_cnp_manifest(v) {
+                crate::policy::cnp::label(name)
+            } else {
+                format!("{}/{name}", m["namespace"].as_str().unwrap_or("?"))
+            }
         };
         match self {
             Action::Create(v) => format!("create {}", policy(v)),
             Action::Update(v) => format!("update {}", policy(v)),
+            Action::Delete(r) if r.is_cnp() => {
+                format!("delete {}", crate::policy::cnp::label(&r.name))
+            }
             Action::Delete(r) => format!("delete {}/{}", r.namespace, r.name),
             Action::DeleteAllPolicies(ns) => format!("deleteAllPolicies {ns}"),
             Action::LabelNamespace(l) => format!("labelNamespace {}", l.name),
@@ -142,11 +149,48 @@ impl Action {
     }
 }
 
+/// Whether a `create`/`update` value is a ClusterNetworkPolicy (otherwise a NetworkPolicy).
+pub fn is_cnp_manifest(v: &Value) -> bool {
+    v["kind"].as_str() == Some(crate::policy::cnp::KIND)
+}
+
+/// What `delete` names: `{ namespace: x, name: p }` (a NetworkPolicy) or
+/// `{ kind: ClusterNetworkPolicy, name: p }` (cluster-scoped: no namespace).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyRef {
+    /// Omitted: NetworkPolicy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub namespace: String,
     pub name: String,
+}
+
+impl PolicyRef {
+    pub fn is_cnp(&self) -> bool {
+        self.kind.as_deref() == Some(crate::policy::cnp::KIND)
+    }
+
+    /// The kind and namespace must agree: a NetworkPolicy has one, a CNP has none.
+    fn check(&self) -> Result<(), String> {
+        match self.kind.as_deref() {
+            None | Some("NetworkPolicy") if self.namespace.is_empty() => Err(format!(
+                "delete {}: a NetworkPolicy needs a namespace",
+                self.name
+            )),
+            None | Some("NetworkPolicy") => Ok(()),
+            Some(crate::policy::cnp::KIND) if !self.namespace.is_empty() => Err(format!(
+                "delete {}: ClusterNetworkPolicy is cluster-scoped: drop namespace {:?}",
+                self.name, self.namespace
+            )),
+            Some(crate::policy::cnp::KIND) => Ok(()),
+            Some(k) => Err(format!(
+                "delete {}: kind {k:?} is neither NetworkPolicy nor ClusterNetworkPolicy",
+                self.name
+            )),
+        }
+    }
 }
 
 /// Labels to merge; a `null` value removes the key.
@@ -382,6 +426,10 @@ impl Case {
                     Action::LabelPod(l) => {
                         parse_pod_name(&l.pod).map_err(at)?;
                     }
+                    Action::Delete(r) => r.check().map_err(at)?,
+                    Action::Create(m) | Action::Update(m) if is_cnp_manifest(m) => {
+                        check_cnp_manifest(m).map_err(at)?;
+                    }
                     _ => {}
                 }
             }
@@ -510,5 +558,28 @@ steps:
         assert!(parse_case(&base.replace("default", "defualt")).is_err());
         let undeclared = "id: t\nname: t\ntopology: {namespaces: {x: {}}, pods: [{pod: q/a}]}\nsteps:\n  - probes: []\n";
         assert!(parse_case(undeclared).unwrap_err().contains("namespace q"));
+    }
+
+    #[test]
+    fn cnp_actions_are_checked_when_the_case_is_loaded() {
+        let case = |action: &str| {
+            format!("id: t\nname: t\ntopology: default\nsteps:\n  - probes: []\n  - actions: [{action}]\n    probes: []\n")
+        };
+        let good = "create: {apiVersion: policy.networking.k8s.io/v1beta1, kind: ClusterNetworkPolicy, metadata: {name: c}, spec: {tier: Baseline, priority: 3, subject: {namespaces: {}}, egress: [{action: Deny, to: [{networks: ['${ip:x/a}/32']}]}]}}";
+        assert!(parse_case(&case(good)).is_ok());
+        let err = parse_case(&case(&good.replace("priority: 3", "priority: -1"))).unwrap_err();
+        assert!(
+            err.starts_with("step 2:") && err.contains("spec.priority"),
+            "{err}"
+        );
+        assert!(parse_case(&case("delete: {kind: ClusterNetworkPolicy, name: c}")).is_ok());
+        let err = parse_case(&case(
+            "delete: {kind: ClusterNetworkPolicy, namespace: x, name: c}",
+        ))
+        .unwrap_err();
+        assert!(err.contains("cluster-scoped"), "{err}");
+        assert!(parse_case(&case("delete: {name: c}"))
+            .unwrap_err()
+            .contains("namespace"));
     }
 }

@@ -75,6 +75,10 @@ pub fn manifests(world: &World) -> Vec<(&'static str, Vec<Value>)> {
             "policies.yaml",
             world.policy_manifests.values().cloned().collect(),
         ),
+        (
+            "clusternetworkpolicies.yaml",
+            world.cnp_manifests.values().cloned().collect(),
+        ),
     ]
 }
 

@@ -12,12 +12,13 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::Value;
 
 use super::case::{
-    parse_pod_name, substitute, substitute_value, Action, LabelChanges, PodSpec, Topology,
+    cnp_from_manifest, parse_pod_name, substitute, substitute_value, Action, LabelChanges, PodSpec,
+    Topology,
 };
 use super::topology;
 use crate::policy::model::{ObjectName, NAMESPACE_NAME_LABEL};
-use crate::policy::networkpolicy;
 use crate::policy::Cluster;
+use crate::policy::{cnp, networkpolicy};
 
 #[derive(Debug, Clone)]
 pub struct World {
@@ -25,6 +26,8 @@ pub struct World {
     pub cluster: Cluster,
     /// The policy manifests as applied (placeholders substituted), for reproductions.
     pub policy_manifests: BTreeMap<ObjectName, Value>,
+    /// The ClusterNetworkPolicy manifests as applied, by name (cluster-scoped).
+    pub cnp_manifests: BTreeMap<String, Value>,
     /// Addresses of pods that were deleted, for `${ip:..}` of a deleted pod.
     last_ips: BTreeMap<ObjectName, Vec<IpAddr>>,
     nodes: usize,
@@ -51,6 +54,7 @@ impl World {
         let mut world = World {
             cluster,
             policy_manifests: BTreeMap::new(),
+            cnp_manifests: BTreeMap::new(),
             last_ips: BTreeMap::new(),
             nodes,
             next_index: 0,
@@ -81,6 +85,13 @@ impl World {
         match action {
             Action::Create(m) => self.put_policy(m, false),
             Action::Update(m) => self.put_policy(m, true),
+            Action::Delete(r) if r.is_cnp() => {
+                self.cluster
+                    .remove_cluster_policy(&r.name)
+                    .ok_or_else(|| format!("there is no {} {} to delete", cnp::KIND, r.name))?;
+                self.cnp_manifests.remove(&r.name);
+                Ok(())
+            }
             Action::Delete(r) => {
                 let name = ObjectName::new(&r.namespace, &r.name);
                 self.cluster
@@ -90,6 +101,7 @@ impl World {
                 Ok(())
             }
             Action::DeleteAllPolicies(ns) => {
+                // NetworkPolicies only: ClusterNetworkPolicies belong to no namespace.
                 self.require_namespace(ns)?;
                 self.cluster.policies.retain(|k, _| &k.namespace != ns);
                 self.policy_manifests.retain(|k, _| &k.namespace != ns);
@@ -179,9 +191,13 @@ impl World {
     fn put_policy(&mut self, manifest: &Value, replace: bool) -> Result<(), String> {
         let manifest = substitute_value(manifest, &|n| self.ip_of(n))?;
         let kind = manifest["kind"].as_str().unwrap_or("");
+        if kind == cnp::KIND {
+            return self.put_cluster_policy(manifest, replace);
+        }
         if kind != "NetworkPolicy" {
             return Err(format!(
-                "create/update takes a NetworkPolicy manifest, got kind {kind:?}"
+                "create/update takes a NetworkPolicy or {} manifest, got kind {kind:?}",
+                cnp::KIND
             ));
         }
         let np: NetworkPolicy = serde_json::from_value(manifest.clone())
@@ -203,6 +219,23 @@ impl World {
         }
         self.cluster.upsert_policy(policy);
         self.policy_manifests.insert(name, manifest);
+        Ok(())
+    }
+}
+
+impl World {
+    fn put_cluster_policy(&mut self, manifest: Value, replace: bool) -> Result<(), String> {
+        let policy = cnp_from_manifest(&manifest)?;
+        let name = policy.name.clone();
+        match (replace, self.cluster.cluster_policies.contains_key(&name)) {
+            (false, true) => {
+                return Err(format!("{} {name} already exists: use update", cnp::KIND))
+            }
+            (true, false) => return Err(format!("there is no {} {name} to update", cnp::KIND)),
+            _ => {}
+        }
+        self.cluster.upsert_cluster_policy(policy);
+        self.cnp_manifests.insert(name, manifest);
         Ok(())
     }
 }
@@ -267,6 +300,7 @@ mod tests {
         assert!(w.apply(&Action::Create(ok.clone())).is_err());
         w.apply(&Action::Update(ok)).unwrap();
         let del = Action::Delete(PolicyRef {
+            kind: None,
             namespace: "x".into(),
             name: "p".into(),
         });
@@ -284,5 +318,66 @@ mod tests {
             w.ip_of(&ObjectName::new("x", "b")),
             Some("10.244.0.3".parse().unwrap())
         );
+    }
+
+    fn cnp(name: &str, priority: u32) -> Value {
+        serde_json::json!({
+            "apiVersion": "policy.networking.k8s.io/v1beta1", "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": name},
+            "spec": {"tier": "Admin", "priority": priority,
+                     "subject": {"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "x"}}},
+                     "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}
+        })
+    }
+
+    #[test]
+    fn cluster_network_policies_are_created_updated_and_deleted_by_name() {
+        let mut w = World::new(&Topology::Default, 1).unwrap();
+        w.apply(&Action::Create(cnp("deny", 5))).unwrap();
+        assert_eq!(w.cluster.cluster_policies["deny"].priority, 5);
+        assert!(w.apply(&Action::Create(cnp("deny", 5))).is_err());
+        w.apply(&Action::Update(cnp("deny", 7))).unwrap();
+        assert_eq!(w.cluster.cluster_policies["deny"].priority, 7);
+        assert!(w.apply(&Action::Update(cnp("other", 7))).is_err());
+        // deleteAllPolicies is about NetworkPolicies of one namespace: CNPs stay.
+        w.apply(&Action::DeleteAllPolicies("x".into())).unwrap();
+        assert!(w.cluster.cluster_policies.contains_key("deny"));
+        assert!(w.cnp_manifests.contains_key("deny"));
+        let del = Action::Delete(PolicyRef {
+            kind: Some("ClusterNetworkPolicy".into()),
+            namespace: String::new(),
+            name: "deny".into(),
+        });
+        w.apply(&del).unwrap();
+        assert!(w.cluster.cluster_policies.is_empty() && w.cnp_manifests.is_empty());
+        assert!(w
+            .apply(&del)
+            .unwrap_err()
+            .contains("no ClusterNetworkPolicy deny"));
+    }
+
+    #[test]
+    fn invalid_cluster_network_policies_are_errors_naming_the_field() {
+        let mut w = World::new(&Topology::Default, 1).unwrap();
+        let err = w.apply(&Action::Create(cnp("bad", 1001))).unwrap_err();
+        assert!(
+            err.contains("ClusterNetworkPolicy bad") && err.contains("spec.priority"),
+            "{err}"
+        );
+        let mut namespaced = cnp("ns", 1);
+        namespaced["metadata"]["namespace"] = "x".into();
+        let err = w.apply(&Action::Create(namespaced)).unwrap_err();
+        assert!(err.contains("metadata.namespace"), "{err}");
+        let mut typo = cnp("typo", 1);
+        typo["spec"]["ingress"][0]["acton"] = "Deny".into();
+        let err = w.apply(&Action::Create(typo)).unwrap_err();
+        assert!(err.contains("acton"), "{err}");
+        let mut version = cnp("v", 1);
+        version["apiVersion"] = "policy.networking.k8s.io/v1alpha1".into();
+        assert!(w
+            .apply(&Action::Create(version))
+            .unwrap_err()
+            .contains("apiVersion"));
+        assert!(w.cluster.cluster_policies.is_empty());
     }
 }

@@ -177,6 +177,7 @@ impl Gen {
         let p = self.policies.remove(i);
         self.tags.insert("update");
         Some(Action::Delete(PolicyRef {
+            kind: None,
             namespace: p.namespace,
             name: p.name,
         }))
