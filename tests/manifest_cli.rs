@@ -954,7 +954,11 @@ fn the_cnp_example_explains_as_documented() {
     assert!(!nft.contains("fail closed"), "{nft}");
     assert!(nft.contains("chain cnp_admin_"), "{nft}");
     assert!(nft.contains("cnp/isolate-tenant-a rule"), "{nft}");
-    assert!(!text(&out.stderr).contains("fails closed"), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("fails closed"),
+        "{}",
+        text(&out.stderr)
+    );
     // CoreDNS is no subject: its ingress is decided as before.
     let s = side("tenant-a/web", "kube-system/coredns", "53", "ingress");
     assert_eq!(s["allowed"], true);

@@ -543,18 +543,52 @@ fn cnp_tiers_are_enforced_in_the_api_order() {
     let mut lab = EnforcedLab::up(&name, 1, Attach::Routed).unwrap();
     lab.sync(&mut cluster).unwrap();
     let rs = lab.ruleset(&cluster, 0);
-    assert!(rs.warnings.iter().all(|w| !w.contains("fails closed")), "{:?}", rs.warnings);
+    assert!(
+        rs.warnings.iter().all(|w| !w.contains("fails closed")),
+        "{:?}",
+        rs.warnings
+    );
     for (from, to, expected, why) in [
-        ("x/b", "y/s", false, "Admin Deny beats the NetworkPolicy allow"),
-        ("x/a", "y/s", true, "Admin Pass, the NetworkPolicy allows; Baseline not consulted"),
+        (
+            "x/b",
+            "y/s",
+            false,
+            "Admin Deny beats the NetworkPolicy allow",
+        ),
+        (
+            "x/a",
+            "y/s",
+            true,
+            "Admin Pass, the NetworkPolicy allows; Baseline not consulted",
+        ),
         ("x/d", "y/s", false, "Admin Pass, the NetworkPolicy denies"),
-        ("x/c", "y/s", true, "Admin Accept beats the NetworkPolicy deny"),
-        ("x/a", "z/s", false, "Admin Pass, no NetworkPolicy, Baseline Deny"),
-        ("x/d", "z/s", false, "Admin Pass, no NetworkPolicy, Baseline Deny (all of x)"),
+        (
+            "x/c",
+            "y/s",
+            true,
+            "Admin Accept beats the NetworkPolicy deny",
+        ),
+        (
+            "x/a",
+            "z/s",
+            false,
+            "Admin Pass, no NetworkPolicy, Baseline Deny",
+        ),
+        (
+            "x/d",
+            "z/s",
+            false,
+            "Admin Pass, no NetworkPolicy, Baseline Deny (all of x)",
+        ),
         ("x/c", "z/s", true, "Admin Accept"),
         ("x/b", "z/s", false, "Admin Deny"),
         ("y/s", "z/s", true, "no rule matches: allowed"),
-        ("z/s", "y/s", false, "the NetworkPolicy denies, Baseline not consulted"),
+        (
+            "z/s",
+            "y/s",
+            false,
+            "the NetworkPolicy denies, Baseline not consulted",
+        ),
     ] {
         let (f, t) = (ObjectName::parse(from), ObjectName::parse(to));
         let verdict = evaluate(
@@ -572,6 +606,10 @@ fn cnp_tiers_are_enforced_in_the_api_order() {
             "explain {from} -> {to} ({why}): {verdict}"
         );
         let r = lab.probe(&f, &t, false, 80, Protocol::Tcp, expected);
-        assert_eq!(r.is_connected(), expected, "kernel {from} -> {to} ({why}): {r:?}");
+        assert_eq!(
+            r.is_connected(),
+            expected,
+            "kernel {from} -> {to} ({why}): {r:?}"
+        );
     }
 }

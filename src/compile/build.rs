@@ -10,10 +10,10 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use super::cnp_book::{add_rulebook as add_cnp_rulebook, CnpInput};
 use super::decision::{Action, AntiSpoof, DirDecision, Isolation, NodeDecisions, PodDecision};
 use super::ir::{Attach, Family, NodeRuleset};
 use super::names;
-use super::cnp_book::{add_rulebook as add_cnp_rulebook, CnpInput};
 use super::profile::{add_rulebook, ProfileInput};
 use super::select::PodIndex;
 use crate::policy::cnp::{CnpPeer, Tier};

@@ -185,11 +185,9 @@ fn peer_pods(index: &PodIndex, peer: &CnpPeer) -> Option<std::rc::Rc<Vec<u32>>> 
             &NamespaceScope::Selected(ns.clone()),
             &Selector::everything(),
         )),
-        CnpPeer::Pods { namespaces, pods } => Some(index.peer(
-            "",
-            &NamespaceScope::Selected(namespaces.clone()),
-            pods,
-        )),
+        CnpPeer::Pods { namespaces, pods } => {
+            Some(index.peer("", &NamespaceScope::Selected(namespaces.clone()), pods))
+        }
         CnpPeer::Networks(_) => None,
     }
 }
@@ -203,9 +201,13 @@ fn peer_set(
     family: Family,
 ) -> Option<String> {
     match peer {
-        CnpPeer::Namespaces(ns) => {
-            Some(pod_set(d, index, peer, &pod_key(ns, &Selector::everything()), family))
-        }
+        CnpPeer::Namespaces(ns) => Some(pod_set(
+            d,
+            index,
+            peer,
+            &pod_key(ns, &Selector::everything()),
+            family,
+        )),
         CnpPeer::Pods { namespaces, pods } => {
             Some(pod_set(d, index, peer, &pod_key(namespaces, pods), family))
         }

@@ -77,7 +77,10 @@ fn admin_then_network_policy_with_pass_as_continue() {
         )
     ));
     let ing = &d.pods[0].ingress;
-    assert_eq!(ing.tiers, ["cnp_admin_guard_ingress", "np_x_from-y_ingress"]);
+    assert_eq!(
+        ing.tiers,
+        ["cnp_admin_guard_ingress", "np_x_from-y_ingress"]
+    );
     assert_eq!(ing.default, Action::Drop, "NetworkPolicy isolates x/a");
     assert_eq!(
         ing.isolation,
@@ -127,16 +130,27 @@ fn baseline_only_without_network_policy_isolation_and_default_accept() {
     assert_eq!(ing.tiers, ["cnp_baseline_base_ingress"]);
     assert_eq!(ing.default, Action::Accept, "not isolated by NetworkPolicy");
     assert!(ing.drop_invalid);
-    assert_eq!(ing.accept_peers, ["10.244.0.2".parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(
+        ing.accept_peers,
+        ["10.244.0.2".parse::<std::net::IpAddr>().unwrap()]
+    );
     assert_eq!(
         clauses(&d, "cnp_baseline_base_ingress"),
-        [(Action::Drop, PortMatch::Any, "cnp/base rule 0 (Deny)".to_string())]
+        [(
+            Action::Drop,
+            PortMatch::Any,
+            "cnp/base rule 0 (Deny)".to_string()
+        )]
     );
     // With a NetworkPolicy isolating x/a, the Baseline tier is never consulted.
     let d = decisions(&format!("{base}{NP_FROM_Y}"));
     assert_eq!(d.pods[0].ingress.tiers, ["np_x_from-y_ingress"]);
     assert_eq!(d.pods[0].ingress.default, Action::Drop);
-    assert!(d.rulebooks.keys().all(|k| !k.starts_with("cnp_")), "{:?}", d.rulebooks.keys());
+    assert!(
+        d.rulebooks.keys().all(|k| !k.starts_with("cnp_")),
+        "{:?}",
+        d.rulebooks.keys()
+    );
 }
 
 #[test]
@@ -152,17 +166,29 @@ fn same_priority_in_name_order_rules_concatenated_and_shared() {
     assert_eq!(eg.tiers.len(), 1);
     let book = &d.rulebooks[&eg.tiers[0]];
     assert_eq!(book.policies, ["cnp/z-one", "cnp/b-two", "cnp/c-three"]);
-    assert!(eg.tiers[0].starts_with("cnp_admin_z-one.and2_"), "{}", eg.tiers[0]);
+    assert!(
+        eg.tiers[0].starts_with("cnp_admin_z-one.and2_"),
+        "{}",
+        eg.tiers[0]
+    );
     assert_eq!(
         clauses(&d, &eg.tiers[0]),
         [
-            (Action::Drop, PortMatch::Any, "cnp/z-one rule 0 (Deny)".to_string()),
+            (
+                Action::Drop,
+                PortMatch::Any,
+                "cnp/z-one rule 0 (Deny)".to_string()
+            ),
             (
                 Action::Continue,
                 PortMatch::Ranges(Protocol::Udp, vec![(50, 61)]),
                 "cnp/b-two rule 0 (Pass)".to_string()
             ),
-            (Action::Accept, PortMatch::Any, "cnp/c-three rule 0 (Accept)".to_string()),
+            (
+                Action::Accept,
+                PortMatch::Any,
+                "cnp/c-three rule 0 (Accept)".to_string()
+            ),
         ]
     );
     let nets: Vec<String> = book
@@ -212,13 +238,24 @@ fn fail_closed_rules_accept_nothing_and_deny_or_pass_everything() {
         "  egress:\n  - {name: acc, action: Accept, to: [{domainNames: [example.com]}]}\n  - {name: pas, action: Pass, to: [{domainNames: [example.com]}]}\n  - {name: ok, action: Accept, to: [{networks: [10.1.0.0/16]}]}",
     ));
     let eg = &d.pods[0].egress;
-    assert_eq!(eg.isolation, Isolation::Isolated { policies: vec!["cnp/fc".into()] });
+    assert_eq!(
+        eg.isolation,
+        Isolation::Isolated {
+            policies: vec!["cnp/fc".into()]
+        }
+    );
     let book = &d.rulebooks[&eg.tiers[0]];
     assert_eq!(book.clauses.len(), 2, "{book:?}");
     assert_eq!(book.clauses[0].peer, PeerMatch::Any);
     assert_eq!(book.clauses[0].port, PortMatch::Any);
     assert_eq!(book.clauses[0].action, Action::Drop);
-    assert!(book.clauses[0].label.starts_with("cnp/fc rule 1 'pas' (Pass)"), "{}", book.clauses[0].label);
+    assert!(
+        book.clauses[0]
+            .label
+            .starts_with("cnp/fc rule 1 'pas' (Pass)"),
+        "{}",
+        book.clauses[0].label
+    );
     assert_eq!(book.clauses[1].action, Action::Accept);
 }
 
@@ -233,13 +270,25 @@ fn rules_without_peers_match_nothing_and_named_ports_resolve_on_the_destination(
     let named = |book: &str| -> Vec<(String, Protocol, u16)> {
         let c = &d.rulebooks[book].clauses;
         assert_eq!(c.len(), 1, "{c:?}");
-        let PortMatch::Named(s) = &c[0].port else { panic!("{c:?}") };
-        d.named_ports[s].entries.iter().map(|(a, p, n)| (a.to_string(), *p, *n)).collect()
+        let PortMatch::Named(s) = &c[0].port else {
+            panic!("{c:?}")
+        };
+        d.named_ports[s]
+            .entries
+            .iter()
+            .map(|(a, p, n)| (a.to_string(), *p, *n))
+            .collect()
     };
     // Egress: on the peer y/b, with its declared protocol.
-    assert_eq!(named("cnp_admin_np_egress"), [("10.244.1.3".into(), Protocol::Udp, 53)]);
+    assert_eq!(
+        named("cnp_admin_np_egress"),
+        [("10.244.1.3".into(), Protocol::Udp, 53)]
+    );
     // Ingress: on the subject x/a.
-    assert_eq!(named("cnp_admin_np_ingress"), [("10.244.0.2".into(), Protocol::Tcp, 8080)]);
+    assert_eq!(
+        named("cnp_admin_np_ingress"),
+        [("10.244.0.2".into(), Protocol::Tcp, 8080)]
+    );
 }
 
 #[test]
