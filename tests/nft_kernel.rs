@@ -529,29 +529,66 @@ spec:
     assert_eq!(denied, 3);
 }
 
-/// Until the dataplanes enforce ClusterNetworkPolicy, a pod a CNP selects fails closed in the
-/// kernel (both directions) and pods no CNP selects are untouched; explain says the same.
+/// ClusterNetworkPolicy tiers in the kernel, in the API's order (fixture cnp/tiers.yaml):
+/// Admin Deny beats a NetworkPolicy allow, Admin Pass lets NetworkPolicy decide (both ways),
+/// Admin Accept beats a NetworkPolicy deny, and Baseline applies only to pods no
+/// NetworkPolicy isolates. Expectations are written by hand; explain must agree with them.
 #[test]
-fn a_cnp_subject_fails_closed_in_the_kernel_and_other_pods_do_not() {
+fn cnp_tiers_are_enforced_in_the_api_order() {
     use sluice::lab::enforce::EnforcedLab;
     use sluice::policy::{evaluate, Endpoint, Flow, PortRef, Protocol};
-    let mut cluster = common::fixture("cnp/kernel.yaml");
-    let name = format!("cnp{}", std::process::id() % 1_000_000);
+    let mut cluster = common::fixture("cnp/tiers.yaml");
+    assert!(cluster.errors.is_empty(), "{:?}", cluster.errors);
+    let name = format!("tiers{}", std::process::id() % 10_000);
     let mut lab = EnforcedLab::up(&name, 1, Attach::Routed).unwrap();
     lab.sync(&mut cluster).unwrap();
     let rs = lab.ruleset(&cluster, 0);
     assert!(
-        rs.warnings
-            .iter()
-            .any(|w| w.contains("y/a") && w.contains("cnp/tenants")),
+        rs.warnings.iter().all(|w| !w.contains("fails closed")),
         "{:?}",
         rs.warnings
     );
-    for (from, to, expected) in [
-        ("x/a", "x/b", true),
-        ("x/b", "x/a", true),
-        ("x/a", "y/a", false),
-        ("y/a", "x/b", false),
+    for (from, to, expected, why) in [
+        (
+            "x/b",
+            "y/s",
+            false,
+            "Admin Deny beats the NetworkPolicy allow",
+        ),
+        (
+            "x/a",
+            "y/s",
+            true,
+            "Admin Pass, the NetworkPolicy allows; Baseline not consulted",
+        ),
+        ("x/d", "y/s", false, "Admin Pass, the NetworkPolicy denies"),
+        (
+            "x/c",
+            "y/s",
+            true,
+            "Admin Accept beats the NetworkPolicy deny",
+        ),
+        (
+            "x/a",
+            "z/s",
+            false,
+            "Admin Pass, no NetworkPolicy, Baseline Deny",
+        ),
+        (
+            "x/d",
+            "z/s",
+            false,
+            "Admin Pass, no NetworkPolicy, Baseline Deny (all of x)",
+        ),
+        ("x/c", "z/s", true, "Admin Accept"),
+        ("x/b", "z/s", false, "Admin Deny"),
+        ("y/s", "z/s", true, "no rule matches: allowed"),
+        (
+            "z/s",
+            "y/s",
+            false,
+            "the NetworkPolicy denies, Baseline not consulted",
+        ),
     ] {
         let (f, t) = (ObjectName::parse(from), ObjectName::parse(to));
         let verdict = evaluate(
@@ -566,9 +603,13 @@ fn a_cnp_subject_fails_closed_in_the_kernel_and_other_pods_do_not() {
         .unwrap();
         assert_eq!(
             verdict.allowed, expected,
-            "explain {from} -> {to}: {verdict}"
+            "explain {from} -> {to} ({why}): {verdict}"
         );
         let r = lab.probe(&f, &t, false, 80, Protocol::Tcp, expected);
-        assert_eq!(r.is_connected(), expected, "kernel {from} -> {to}: {r:?}");
+        assert_eq!(
+            r.is_connected(),
+            expected,
+            "kernel {from} -> {to} ({why}): {r:?}"
+        );
     }
 }

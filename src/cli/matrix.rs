@@ -71,12 +71,12 @@ struct Cell<'a> {
     to: String,
     port: u16,
     protocol: &'a str,
-    /// What the kernel does (a pod selected by a ClusterNetworkPolicy fails closed).
+    /// What the kernel does (a pod an invalid policy may select fails closed).
     allowed: bool,
     /// The API's verdict, when the kernel's differs from it or may (fail-closed pods).
     #[serde(rename = "apiAllowed", skip_serializing_if = "Option::is_none")]
     api_allowed: Option<bool>,
-    /// ClusterNetworkPolicies that make one end fail closed.
+    /// Invalid (Cluster)NetworkPolicies that make one end fail closed.
     #[serde(rename = "failedClosedBy", skip_serializing_if = "Vec::is_empty")]
     failed_closed_by: Vec<String>,
 }

@@ -10,11 +10,13 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use super::cnp_book::{add_rulebook as add_cnp_rulebook, CnpInput};
 use super::decision::{Action, AntiSpoof, DirDecision, Isolation, NodeDecisions, PodDecision};
 use super::ir::{Attach, Family, NodeRuleset};
 use super::names;
 use super::profile::{add_rulebook, ProfileInput};
 use super::select::PodIndex;
+use crate::policy::cnp::{CnpPeer, Tier};
 use crate::policy::model::{Cluster, Direction, ObjectName, Peer, Pod};
 
 /// Table names: one inet table for filtering, one bridge table for anti-spoofing.
@@ -84,40 +86,7 @@ pub fn decide(input: &CompileInput) -> NodeDecisions {
                     default: Action::Drop,
                 }
             } else {
-                let policies = cluster.isolating(pod, dir);
-                if policies.is_empty() {
-                    DirDecision {
-                        isolation: Isolation::Open,
-                        drop_invalid: false,
-                        accept_peers: vec![],
-                        tiers: vec![],
-                        default: Action::Accept,
-                    }
-                } else {
-                    let book = add_rulebook(
-                        &mut d,
-                        &ProfileInput {
-                            index: &index,
-                            policies: &policies,
-                            dir,
-                            local: &local,
-                            families: &families,
-                        },
-                    );
-                    DirDecision {
-                        isolation: Isolation::Isolated {
-                            policies: policies
-                                .iter()
-                                .map(|p| p.object_name().to_string())
-                                .collect(),
-                        },
-                        drop_invalid: true,
-                        // Hairpin through a Service: the pod reaching itself is never filtered.
-                        accept_peers: pod.ips.clone(),
-                        tiers: vec![book],
-                        default: Action::Drop,
-                    }
-                }
+                decide_dir(&mut d, &index, &local, &families, pod, dir)
             });
         }
         let egress = dirs.pop().expect("two directions");
@@ -135,6 +104,80 @@ pub fn decide(input: &CompileInput) -> NodeDecisions {
         });
     }
     d
+}
+
+/// One local pod in one direction: its tiers in evaluation order (see [`super::decision`]):
+/// Admin, then NetworkPolicy when it isolates the pod, else Baseline. An isolated pod's
+/// NetworkPolicy tier decides everything that reaches it, so Baseline is never consulted then.
+fn decide_dir<'a>(
+    d: &mut NodeDecisions,
+    index: &PodIndex<'a>,
+    local: &[&'a Pod],
+    families: &[Family],
+    pod: &'a Pod,
+    dir: Direction,
+) -> DirDecision {
+    let cluster = index.cluster();
+    let np = cluster.isolating(pod, dir);
+    let mut tiers = Vec::new();
+    let mut policies = Vec::new();
+    let cnp_tier = |d: &mut NodeDecisions, tier: Tier, policies: &mut Vec<String>| {
+        let ordered = crate::policy::tiers::ordered(cluster, tier, pod, dir);
+        if ordered.is_empty() {
+            return None;
+        }
+        policies.extend(ordered.iter().map(|p| p.label()));
+        Some(add_cnp_rulebook(
+            d,
+            &CnpInput {
+                index,
+                tier,
+                policies: &ordered,
+                dir,
+                local,
+                families,
+            },
+        ))
+    };
+    tiers.extend(cnp_tier(d, Tier::Admin, &mut policies));
+    if !np.is_empty() {
+        tiers.push(add_rulebook(
+            d,
+            &ProfileInput {
+                index,
+                policies: &np,
+                dir,
+                local,
+                families,
+            },
+        ));
+        policies.extend(np.iter().map(|p| p.object_name().to_string()));
+    } else {
+        tiers.extend(cnp_tier(d, Tier::Baseline, &mut policies));
+    }
+    if tiers.is_empty() {
+        return DirDecision {
+            isolation: Isolation::Open,
+            drop_invalid: false,
+            accept_peers: vec![],
+            tiers: vec![],
+            default: Action::Accept,
+        };
+    }
+    DirDecision {
+        isolation: Isolation::Isolated { policies },
+        drop_invalid: true,
+        // Hairpin through a Service: the pod reaching itself is never filtered (the oracle:
+        // loopback is never filtered, whatever the tiers say).
+        accept_peers: pod.ips.clone(),
+        tiers,
+        // Nothing decided: NetworkPolicy isolation denies, otherwise the API allows.
+        default: if np.is_empty() {
+            Action::Accept
+        } else {
+            Action::Drop
+        },
+    }
 }
 
 /// What a pod may send from. A pod without an IPv4 address may send no IPv4 at all, and
@@ -183,6 +226,15 @@ fn families(cluster: &Cluster) -> Vec<Family> {
             for peer in &rule.peers {
                 if let Peer::IpBlock(b) = peer {
                     set.insert(Family::of(&b.cidr.addr()));
+                }
+            }
+        }
+    }
+    for policy in cluster.cluster_policies.values() {
+        for rule in policy.ingress.iter().chain(policy.egress.iter()) {
+            for peer in &rule.peers {
+                if let CnpPeer::Networks(nets) = peer {
+                    set.extend(nets.iter().map(|n| Family::of(&n.addr())));
                 }
             }
         }

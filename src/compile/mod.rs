@@ -2,7 +2,10 @@
 //! nftables tables lowered from them ([`ir`], `lower`). Pure: no I/O, deterministic.
 
 mod build;
+mod cnp_book;
 pub mod decision;
+#[cfg(test)]
+mod decision_cnp_tests;
 #[cfg(test)]
 mod decision_tests;
 pub mod ir;

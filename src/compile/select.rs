@@ -53,6 +53,10 @@ impl<'a> PodIndex<'a> {
         }
     }
 
+    pub fn cluster(&self) -> &'a Cluster {
+        self.cluster
+    }
+
     pub fn pod(&self, i: u32) -> &'a Pod {
         self.pods[i as usize]
     }

@@ -4,8 +4,8 @@
 //! match decides; Pass skips the rest of the tier; host-network pods are never subjects or
 //! pod peers; fail closed: Accept matches nothing, Deny/Pass deny all).
 //!
-//! The dataplanes do not enforce CNPs yet, so the kernel verdict (`allowed`) of a CNP subject
-//! is "dropped"; the API's verdict is `api_allowed`. Both are checked.
+//! The dataplane enforces valid CNPs in their tiers, so the kernel verdict (`allowed`) is the
+//! API's; only subjects of invalid CNPs fail closed (then the API's verdict is `api_allowed`).
 
 use super::cnp::{Action, Tier};
 use super::evaluate::{evaluate, Endpoint, Flow, SideVerdict, Verdict};
@@ -443,7 +443,7 @@ fn unsupported_peers_fail_closed_accept_matches_nothing_deny_and_pass_deny_all()
 }
 
 #[test]
-fn the_kernel_fails_cnp_subjects_closed_and_leaves_other_pods_alone() {
+fn the_kernel_enforces_valid_cnps_and_reports_no_fail_closed() {
     let c = cluster(&[cnp(
         "open",
         "Admin",
@@ -451,25 +451,19 @@ fn the_kernel_fails_cnp_subjects_closed_and_leaves_other_pods_alone() {
         Y,
         "  ingress: [{action: Accept, from: [{namespaces: {}}]}]",
     )]);
-    // The API accepts x/a -> y/a; the kernel drops it, and the verdict says so.
+    // The API accepts x/a -> y/a, and so does the kernel now: no fail-closed reporting.
     let v = tcp(&c, "x/a", "y/a");
-    assert!(!v.allowed);
-    assert!(!v.ingress.allowed);
-    assert_eq!(v.ingress.api_allowed, Some(true));
-    assert_eq!(v.ingress.failed_closed_by, vec!["cnp/open".to_string()]);
+    assert!(v.allowed);
+    assert!(v.ingress.allowed);
+    assert_eq!(v.ingress.api_allowed, None);
+    assert!(v.ingress.failed_closed_by.is_empty());
     assert!(
-        v.ingress.reason.contains("fails closed"),
+        !v.ingress.reason.contains("fails closed"),
         "{}",
         v.ingress.reason
     );
-    // y/a as a source is a subject too: its egress is dropped by the kernel.
     let v = tcp(&c, "y/a", "z/c");
-    assert!(!v.allowed && !v.egress.allowed && v.egress.api_allowed == Some(true));
-    // Pods no CNP selects are unaffected.
-    let v = tcp(&c, "x/a", "z/c");
-    assert!(v.allowed);
-    assert!(v.egress.failed_closed_by.is_empty() && v.ingress.failed_closed_by.is_empty());
-    assert_eq!(v.ingress.api_allowed, None);
+    assert!(v.allowed && v.egress.api_allowed.is_none());
     // Loopback never leaves the pod.
     assert!(tcp(&c, "y/a", "y/a").allowed);
 }

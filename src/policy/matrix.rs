@@ -86,10 +86,14 @@ pub struct Matrix {
     egress: Vec<Vec<Vec<Option<Bits>>>>,
     ingress: Vec<Vec<Vec<Option<Bits>>>>,
     pub group_count: usize,
-    /// Per pod: the policies that make it fail closed (ClusterNetworkPolicies selecting it,
-    /// which the dataplanes do not enforce yet, and invalid policies that may select it):
+    /// Per pod: the policies that make it fail closed (invalid policies and invalid
+    /// ClusterNetworkPolicies that may select it):
     /// every cell from or to it (but loopback) is denied, as in [`super::evaluate`].
     pub failed_closed: Vec<Vec<String>>,
+    /// With ClusterNetworkPolicies, every cell decided by [`super::evaluate`] (pods x pods x
+    /// columns, row-major): the grouped bitsets model NetworkPolicy only, and CNP tiers are
+    /// enforced by the kernel now, so the table must walk them too.
+    exact: Option<Vec<bool>>,
 }
 
 impl Matrix {
@@ -103,6 +107,10 @@ impl Matrix {
     pub fn allowed(&self, from: usize, to: usize, col: usize) -> bool {
         if from == to {
             return true; // loopback is never filtered
+        }
+        if let Some(exact) = &self.exact {
+            let n = self.pods.len();
+            return exact[(from * n + to) * self.columns.len() + col];
         }
         if !self.failed_closed[from].is_empty() || !self.failed_closed[to].is_empty() {
             return false;
@@ -208,7 +216,32 @@ pub fn compute(cluster: &Cluster, columns: &[PortProto]) -> Matrix {
                     .unwrap_or_default()
             })
             .collect(),
+        exact: exact_cells(cluster, &pods, columns),
     }
+}
+
+/// Every cell by the oracle's tier walk, when the cluster has valid ClusterNetworkPolicies.
+fn exact_cells(cluster: &Cluster, pods: &[&Pod], columns: &[PortProto]) -> Option<Vec<bool>> {
+    use super::evaluate::{evaluate, Endpoint, Flow};
+    use super::ports::PortRef;
+    if cluster.cluster_policies.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(pods.len() * pods.len() * columns.len());
+    for from in pods {
+        for to in pods {
+            for col in columns {
+                let flow = Flow {
+                    from: Endpoint::Pod(from.object_name()),
+                    to: Endpoint::Pod(to.object_name()),
+                    port: PortRef::Number(col.port),
+                    protocol: col.protocol,
+                };
+                out.push(evaluate(cluster, &flow).is_ok_and(|v| v.allowed));
+            }
+        }
+    }
+    Some(out)
 }
 
 /// What policies can observe of a pod.
@@ -545,8 +578,8 @@ mod tests {
             prop::collection::vec(rule.clone(), 0..3),
             prop::collection::vec(rule, 0..3),
         );
-        // A ClusterNetworkPolicy subject (or none): its pods fail closed in the kernel, and
-        // the table must say so exactly as the oracle does.
+        // A ClusterNetworkPolicy subject (or none): the table walks its tiers exactly as the
+        // oracle does (the kernel enforces them).
         let cnp_subject = prop::sample::select(vec![
             "",
             "{pods: {podSelector: {matchLabels: {app: a}}}}",

@@ -258,7 +258,7 @@ pub struct Cluster {
     /// ClusterNetworkPolicies (cluster-scoped), by name.
     pub cluster_policies: BTreeMap<String, ClusterPolicy>,
     /// Invalid ClusterNetworkPolicies, with their subject when it alone is valid (None: every
-    /// pod may be a subject). Their subjects fail closed like every CNP subject.
+    /// pod may be a subject). Their subjects fail closed (see [`Cluster::cnp_fail_closed_for`]).
     pub invalid_cluster_policies: BTreeMap<String, Option<Subject>>,
 }
 
@@ -348,7 +348,7 @@ impl Cluster {
                     && inv.selector.as_ref().is_none_or(|s| s.matches(&pod.labels))
             })
             .collect();
-        // ClusterNetworkPolicy subjects: the dataplanes do not enforce CNPs yet.
+        // Subjects of invalid ClusterNetworkPolicies (valid ones are enforced in their tiers).
         let cnps = self.cnp_fail_closed_for(pod);
         if hits.is_empty() && cnps.is_empty() {
             return None;
@@ -369,7 +369,7 @@ impl Cluster {
         }
         if !cnps.is_empty() {
             reasons.push(format!(
-                "it is selected by {} (ClusterNetworkPolicy), which sluice's dataplanes do not enforce yet, so it fails closed until they do",
+                "it may be a subject of {} (ClusterNetworkPolicy), so it fails closed until that is fixed",
                 cnps.join(", ")
             ));
         }
@@ -415,24 +415,20 @@ impl Cluster {
         self.invalid_cluster_policies.insert(name, subject);
     }
 
-    /// ClusterNetworkPolicies (valid, or invalid with a subject that may select it) whose
-    /// subject selects `pod`, as `cnp/<name>`. The dataplanes do not enforce CNPs yet, so these
-    /// pods fail closed in the kernel (both directions). Host-network pods are never subjects.
+    /// Invalid ClusterNetworkPolicies whose subject may select `pod` (their subject is invalid
+    /// too, or selects it), as `cnp/<name> (invalid)`. These pods fail closed in the kernel (both
+    /// directions): a CNP that cannot be read cannot be put in its tier. Host-network pods are
+    /// never subjects.
     pub fn cnp_fail_closed_for(&self, pod: &Pod) -> Vec<String> {
         if pod.host_network {
             return vec![];
         }
-        let valid = self
-            .cluster_policies
-            .values()
-            .filter(|p| p.subject.selects(self, pod))
-            .map(|p| cnp::label(&p.name));
         let invalid = self
             .invalid_cluster_policies
             .iter()
             .filter(|(_, s)| s.as_ref().is_none_or(|s| s.selects(self, pod)))
             .map(|(n, _)| format!("{} (invalid)", cnp::label(n)));
-        valid.chain(invalid).collect()
+        invalid.collect()
     }
 }
 

@@ -134,8 +134,8 @@ pub struct SideVerdict {
     /// the pod fails closed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_allowed: Option<bool>,
-    /// ClusterNetworkPolicies selecting the pod: the dataplanes do not enforce CNPs yet, so
-    /// the pod fails closed in the kernel and `allowed` is false.
+    /// Why the kernel fails the pod closed (invalid policies or invalid ClusterNetworkPolicies
+    /// that may select it): `allowed` is false then.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failed_closed_by: Vec<String>,
 }

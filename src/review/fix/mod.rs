@@ -445,16 +445,27 @@ pub fn propose(cluster: &Cluster, flow: &Flow, goal: Goal) -> Result<Option<Fix>
     }
     let (from_pod, from_ip) = resolve(cluster, &flow.from)?;
     let (to_pod, to_ip) = resolve(cluster, &flow.to)?;
-    // A pod selected by a ClusterNetworkPolicy fails closed in the kernel until the dataplanes
-    // enforce CNPs, and no NetworkPolicy edit changes that: say so rather than propose one.
-    for pod in [from_pod, to_pod].into_iter().flatten() {
-        let by = cluster.cnp_fail_closed_for(pod);
-        if !by.is_empty() {
-            return Err(format!(
-                "cannot propose a fix: {} is selected by ClusterNetworkPolicy {}, which sluice's dataplanes do not enforce yet, so the pod fails closed whatever the NetworkPolicies say; --fix does not reason about ClusterNetworkPolicies yet (change or remove the ClusterNetworkPolicy by hand)",
-                pod.object_name(),
-                by.join(", ")
-            ));
+    // An Admin tier Accept or Deny decides before any NetworkPolicy is consulted: no
+    // NetworkPolicy edit changes that side, so say so rather than propose one. (A Pass, or a
+    // Baseline decision, leaves room for a NetworkPolicy: candidates are verified below.)
+    for side in [&verdict.egress, &verdict.ingress] {
+        if let Some(d) = side
+            .decision
+            .as_ref()
+            .filter(|d| d.tier == crate::policy::cnp::Tier::Admin)
+        {
+            if (goal == Goal::Allow) != side.allowed {
+                return Err(format!(
+                    "cannot propose a fix: {} {} ({}) of the Admin tier decides {}'s side before any NetworkPolicy is consulted, so no NetworkPolicy edit can change it; change the ClusterNetworkPolicy by hand",
+                    d.policy,
+                    match &d.rule_name {
+                        Some(n) => format!("rule {} '{n}'", d.rule),
+                        None => format!("rule {}", d.rule),
+                    },
+                    d.action,
+                    side.pod.as_deref().unwrap_or("this end"),
+                ));
+            }
         }
     }
     if goal == Goal::Allow {
