@@ -72,8 +72,8 @@ fn every_case_passes_on_the_oracle() {
 }
 
 /// matrix::compute is a second implementation of the NetworkPolicy semantics: it must pass
-/// the suite too. It has no ClusterNetworkPolicy tiers (it fails CNP subjects closed, as the
-/// kernel does today), so the `cnp-*` cases are judged by `evaluate` alone.
+/// the suite too. It has no ClusterNetworkPolicy tiers of its own: with CNPs it decides every
+/// cell through `evaluate`, so the `cnp-*` cases would only test `evaluate` twice.
 #[test]
 fn every_case_passes_on_the_matrix() {
     let mut e = backend(BackendKind::MatrixOracle);

@@ -377,24 +377,16 @@ fn ebpf_clsact_attachment_enforces_like_tcx() {
     }
 }
 
-/// The eBPF dataplane fails ClusterNetworkPolicy subjects closed too (it does not enforce
-/// CNPs yet), and leaves pods no CNP selects alone.
+/// The eBPF dataplane enforces ClusterNetworkPolicy tiers in the API's order, the same
+/// scenario as nftables (tests/common/cnp.rs), on both attachments.
 #[test]
-fn a_cnp_subject_fails_closed_and_other_pods_do_not() {
+fn cnp_tiers_are_enforced_in_the_api_order() {
     if !ebpf_built() {
         return;
     }
-    let mut cluster = common::fixture("cnp/kernel.yaml");
-    let name = format!("ebcnp{}", std::process::id() % 100_000);
-    let mut lab = EnforcedLab::up_with(&name, 1, Attach::Routed, DataplaneKind::Ebpf).unwrap();
-    lab.sync(&mut cluster).unwrap();
-    for (from, to, want) in [
-        ("x/a", "x/b", true),
-        ("x/a", "y/a", false),
-        ("y/a", "x/b", false),
-    ] {
-        let r = lab.probe(&n(from), &n(to), false, 80, Protocol::Tcp, want);
-        assert_eq!(r.is_connected(), want, "{from} -> {to}: {r}");
+    for attach in [Attach::Routed, Attach::Bridged] {
+        let name = format!("ebtier{}{}", std::process::id() % 10_000, attach as u8);
+        common::cnp::check_tiers(&name, attach, DataplaneKind::Ebpf);
     }
 }
 

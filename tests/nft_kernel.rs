@@ -529,87 +529,13 @@ spec:
     assert_eq!(denied, 3);
 }
 
-/// ClusterNetworkPolicy tiers in the kernel, in the API's order (fixture cnp/tiers.yaml):
-/// Admin Deny beats a NetworkPolicy allow, Admin Pass lets NetworkPolicy decide (both ways),
-/// Admin Accept beats a NetworkPolicy deny, and Baseline applies only to pods no
-/// NetworkPolicy isolates. Expectations are written by hand; explain must agree with them.
+/// ClusterNetworkPolicy tiers in the kernel, in the API's order (tests/common/cnp.rs), on
+/// both attachments.
 #[test]
 fn cnp_tiers_are_enforced_in_the_api_order() {
-    use sluice::lab::enforce::EnforcedLab;
-    use sluice::policy::{evaluate, Endpoint, Flow, PortRef, Protocol};
-    let mut cluster = common::fixture("cnp/tiers.yaml");
-    assert!(cluster.errors.is_empty(), "{:?}", cluster.errors);
-    let name = format!("tiers{}", std::process::id() % 10_000);
-    let mut lab = EnforcedLab::up(&name, 1, Attach::Routed).unwrap();
-    lab.sync(&mut cluster).unwrap();
-    let rs = lab.ruleset(&cluster, 0);
-    assert!(
-        rs.warnings.iter().all(|w| !w.contains("fails closed")),
-        "{:?}",
-        rs.warnings
-    );
-    for (from, to, expected, why) in [
-        (
-            "x/b",
-            "y/s",
-            false,
-            "Admin Deny beats the NetworkPolicy allow",
-        ),
-        (
-            "x/a",
-            "y/s",
-            true,
-            "Admin Pass, the NetworkPolicy allows; Baseline not consulted",
-        ),
-        ("x/d", "y/s", false, "Admin Pass, the NetworkPolicy denies"),
-        (
-            "x/c",
-            "y/s",
-            true,
-            "Admin Accept beats the NetworkPolicy deny",
-        ),
-        (
-            "x/a",
-            "z/s",
-            false,
-            "Admin Pass, no NetworkPolicy, Baseline Deny",
-        ),
-        (
-            "x/d",
-            "z/s",
-            false,
-            "Admin Pass, no NetworkPolicy, Baseline Deny (all of x)",
-        ),
-        ("x/c", "z/s", true, "Admin Accept"),
-        ("x/b", "z/s", false, "Admin Deny"),
-        ("y/s", "z/s", true, "no rule matches: allowed"),
-        (
-            "z/s",
-            "y/s",
-            false,
-            "the NetworkPolicy denies, Baseline not consulted",
-        ),
-    ] {
-        let (f, t) = (ObjectName::parse(from), ObjectName::parse(to));
-        let verdict = evaluate(
-            &cluster,
-            &Flow {
-                from: Endpoint::Pod(f.clone()),
-                to: Endpoint::Pod(t.clone()),
-                port: PortRef::Number(80),
-                protocol: Protocol::Tcp,
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            verdict.allowed, expected,
-            "explain {from} -> {to} ({why}): {verdict}"
-        );
-        let r = lab.probe(&f, &t, false, 80, Protocol::Tcp, expected);
-        assert_eq!(
-            r.is_connected(),
-            expected,
-            "kernel {from} -> {to} ({why}): {r:?}"
-        );
+    use sluice::dataplane::DataplaneKind;
+    for attach in [Attach::Routed, Attach::Bridged] {
+        let name = format!("tiers{}{}", std::process::id() % 10_000, attach as u8);
+        common::cnp::check_tiers(&name, attach, DataplaneKind::Nftables);
     }
 }

@@ -70,7 +70,7 @@ impl OracleEnforcer {
         protocol: Protocol,
     ) -> Result<bool, String> {
         match self.judge {
-            Judge::Evaluate => oracle_api_allows(&self.snapshot, from, to, port, protocol),
+            Judge::Evaluate => oracle_allows(&self.snapshot, from, to, port, protocol),
             Judge::Matrix => {
                 let col = PortProto { port, protocol };
                 let snapshot = &self.snapshot;
@@ -107,29 +107,6 @@ pub fn oracle_allows(
         protocol,
     };
     evaluate(cluster, &flow).map(|v| v.allowed)
-}
-
-/// The API's verdict for one pair: as [`oracle_allows`], except that a ClusterNetworkPolicy
-/// subject the kernel fails closed on (the dataplanes do not enforce CNPs yet) is judged by
-/// what the API says, not by the drop. The oracle backend answers with this, so the `cnp-*`
-/// cases test the CNP semantics; `oracle_table` (what a kernel is compared with under
-/// `--expect oracle`) keeps the kernel's verdict.
-pub fn oracle_api_allows(
-    cluster: &Cluster,
-    from: &ObjectName,
-    to: &ObjectName,
-    port: u16,
-    protocol: Protocol,
-) -> Result<bool, String> {
-    let flow = Flow {
-        from: Endpoint::Pod(from.clone()),
-        to: Endpoint::Pod(to.clone()),
-        port: PortRef::Number(port),
-        protocol,
-    };
-    let v = evaluate(cluster, &flow)?;
-    let side = |s: &crate::policy::verdict::SideVerdict| s.api_allowed.unwrap_or(s.allowed);
-    Ok(side(&v.egress) && side(&v.ingress))
 }
 
 /// The oracle's truth table over the pods of `cluster` (loopback cells are `true`).

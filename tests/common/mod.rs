@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod cnp;
 pub mod spoof;
 
 use std::process::Command;
