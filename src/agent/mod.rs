@@ -281,6 +281,13 @@ impl Agent {
         let thread = std::thread::Builder::new()
             .name(format!("sluice-{}", cfg.node))
             .spawn(move || reconciler.run(rx))?;
+        // ClusterNetworkPolicy has its own watcher (discovery decides whether and which
+        // version to watch).
+        tasks.push(tokio::spawn(crate::k8s::cnp_watch::watch_cluster_policies(
+            client.clone(),
+            cfg.watch.clone(),
+            sink.clone(),
+        )));
         tasks.extend(spawn_watchers(client, &cfg.watch, sink));
         debug!(node = %cfg.node, "agent started");
         Ok(Agent {

@@ -112,16 +112,11 @@ pub fn spawn_watchers(client: Client, options: &WatchOptions, sink: Sink) -> Vec
             |n: &K8sNamespace| (convert::namespace_key(n), convert::namespace(n).map(Some)),
         )),
         tokio::spawn(watch_kind(
-            Api::<NetworkPolicy>::all(client.clone()),
+            Api::<NetworkPolicy>::all(client),
             Kind::Policies,
             options.clone(),
             sink.clone(),
             |np: &NetworkPolicy| (convert::policy_key(np), Ok(Some(convert::policy(np)))),
-        )),
-        tokio::spawn(super::cnp_watch::watch_cluster_policies(
-            client,
-            options.clone(),
-            sink,
         )),
     ]
 }

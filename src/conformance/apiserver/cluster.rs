@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Pod as K8sPod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -16,6 +16,7 @@ use serde_json::json;
 
 use super::converge::{agrees, attached_as_lab, explain_disagreement};
 use super::external::ExternalAgent;
+use super::{api_err, is_status};
 use crate::agent::{Agent, AgentConfig, AttachChoice};
 use crate::conformance::backend::AttachMode;
 use crate::k8s::export;
@@ -94,14 +95,6 @@ pub struct ApiCluster {
     policies: BTreeSet<ObjectName>,
     cluster_policies: BTreeMap<String, crate::policy::cnp::ClusterPolicy>,
     pub(super) opts: ApiClusterOptions,
-}
-
-pub(super) fn api_err(e: kube::Error) -> anyhow::Error {
-    anyhow!("{e}")
-}
-
-fn is_status(e: &kube::Error, code: u16) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == code)
 }
 
 impl ApiCluster {

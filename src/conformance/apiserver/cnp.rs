@@ -9,7 +9,7 @@ use anyhow::{anyhow, Context, Result};
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::{Api, Client};
 
-use super::cluster::api_err;
+use super::api_err;
 use crate::k8s::cnp_watch::api_resource;
 use crate::k8s::export;
 use crate::policy::cnp::ClusterPolicy;

@@ -10,7 +10,8 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::Api;
 use serde_json::json;
 
-use super::cluster::{api_err, ApiCluster, REQUESTED_IP};
+use super::api_err;
+use super::cluster::{ApiCluster, REQUESTED_IP};
 use crate::conformance::topology;
 use crate::lab::enforce::node_name;
 use crate::lab::PodSpec as LabPodSpec;

@@ -131,3 +131,12 @@ impl Enforcer for ApiserverEnforcer {
         }
     }
 }
+
+/// A kube error as an anyhow error (the API server's own message).
+fn api_err(e: kube::Error) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}
+
+fn is_status(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == code)
+}
